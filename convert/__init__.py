@@ -1,0 +1,19 @@
+"""Converters: trained model files -> one .edge file. Needs the conversion extras (gguf, tqdm)."""
+from __future__ import annotations
+
+import os
+
+from edgert.errors import EdgeError
+
+
+def convert(src: str, out: str, quant: str = "q4_0", force: bool = False, progress: bool = True) -> dict:
+    """Convert `src` (a GGUF file) to the .edge file `out`; returns a summary dict."""
+    if not os.path.isfile(src):
+        raise EdgeError(f"no such file: {src}")
+    from .gguf_file import is_gguf
+
+    if is_gguf(src):
+        from .gguf_llm import convert_gguf
+
+        return convert_gguf(src, out, quant=quant, force=force, progress=progress)
+    raise EdgeError(f"{src}: unrecognised model format; edgert converts GGUF files")

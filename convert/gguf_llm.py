@@ -1,0 +1,104 @@
+"""GGUF chat model -> .edge: config, tokenizer, program and weights.
+
+Tensors whose GGUF type edgert runs natively (Q4_0, Q4_1, Q8_0) are kept bit for bit, only
+split into the .edge part layout. Other types (Q4_K, Q5_0, Q6_K, F16, ...) are dequantized
+with the gguf package and requantized to the format the user picked; the error of each is
+reported (relative RMS and max abs). 1-D tensors (norms, biases) are stored as float32.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from edgert import __version__
+from edgert.errors import EdgeError
+from edgert.format import write_edge
+from edgert.kernels import formats
+from edgert.tokenizer import tokenizer_dict_from_gguf
+
+from .gguf_file import open_gguf
+from .models import llama
+
+NATIVE = {"Q4_0": "q4_0", "Q4_1": "q4_1", "Q8_0": "q8_0"}
+QUANT_CHOICES = tuple(formats.FORMATS)
+
+
+def _plan_tensor(t, quant: str):
+    """(name, edge dtype, shape, producer, note) for one GGUF tensor."""
+    import gguf
+
+    gtype = t.tensor_type.name
+    shape = [int(s) for s in reversed([int(x) for x in t.shape])]  # GGUF lists ne0 (row length) first
+    if len(shape) == 1 or gtype == "F32":
+        if gtype not in ("F32", "F16", "BF16") and len(shape) == 1:
+            raise EdgeError(f"tensor {t.name}: 1-D tensor of type {gtype} is not supported")
+        return t.name, "f32", shape, lambda: gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape), None
+    if len(shape) != 2:
+        raise EdgeError(f"tensor {t.name}: {len(shape)}-D weights are not supported")
+    n, k = shape
+    if gtype in NATIVE:
+        return t.name, NATIVE[gtype], shape, lambda: formats.from_gguf_blocks(t.data, NATIVE[gtype], n, k), "kept"
+    try:
+        qtype = gguf.GGMLQuantizationType[gtype]
+        gguf.quants.dequantize(t.data[:1], qtype)
+    except (KeyError, NotImplementedError, ValueError) as e:
+        raise EdgeError(f"tensor {t.name}: GGUF type {gtype} is not supported ({e}); "
+                        f"edgert keeps {', '.join(NATIVE)} and requantizes what the gguf package can dequantize") from None
+    if k % formats.BLOCK:
+        return t.name, "f32", shape, lambda: gguf.quants.dequantize(t.data, qtype).reshape(shape), f"{gtype} -> f32"
+
+    def requantize():
+        w = gguf.quants.dequantize(t.data, qtype).reshape(shape).astype(np.float32)
+        parts = formats.quantize(w, quant)
+        err = formats.dequantize(parts, quant) - w
+        rel = float(np.sqrt(np.mean(err.astype(np.float64) ** 2) / max(np.mean(w.astype(np.float64) ** 2), 1e-30)))
+        requantize.stats = f"{gtype} -> {quant}: rel RMS error {rel:.4f}, max abs {float(np.abs(err).max()):.4g}"
+        return parts
+    return t.name, quant, shape, requantize, "requantize"
+
+
+def convert_gguf(src: str, out: str, quant: str = "q4_0", force: bool = False, progress: bool = True) -> dict:
+    """Convert a GGUF LLM to .edge at `out`; returns a summary dict."""
+    if quant not in QUANT_CHOICES:
+        raise EdgeError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANT_CHOICES)}")
+    if os.path.exists(out) and not force:
+        raise EdgeError(f"{out} exists; pass --force to overwrite it")
+    reader, meta = open_gguf(src)
+    names = [t.name for t in reader.tensors]
+    cfg = llama.config_from_gguf(meta, names)
+    header = {
+        "kind": "llm",
+        "config": cfg,
+        "tokenizer": tokenizer_dict_from_gguf(meta),
+        "chat_template": meta.get("tokenizer.chat_template"),
+        "program": llama.build_program(cfg, names),
+        "source": {"format": "gguf", "file": os.path.basename(src), "name": meta.get("general.name"),
+                   "quant": quant, "converter": f"edgert {__version__}"},
+    }
+    plans = [_plan_tensor(t, quant) for t in reader.tensors]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(plans), unit="tensor", desc=f"converting {os.path.basename(src)}",
+                   file=sys.stderr, dynamic_ncols=True)
+    by_name = {p[0]: p for p in plans}
+    counts: dict = {}
+
+    def done(name):
+        _, dtype, _, produce, note = by_name[name]
+        counts[dtype] = counts.get(dtype, 0) + 1
+        stats = getattr(produce, "stats", None)
+        if stats and bar is not None:
+            bar.write(f"  {name}: {stats}", file=sys.stderr)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        size = write_edge(out, header, [p[:4] for p in plans], force=force, progress=done)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"output": out, "bytes": size, "tensors": counts, "arch": cfg["arch"]}

@@ -1,0 +1,1 @@
+"""Lowering of model architectures to edgert programs: one module per architecture family."""

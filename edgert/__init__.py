@@ -1,0 +1,20 @@
+"""edgert: run trained models on the devices people already have.
+
+    import edgert
+    m = edgert.load("model.edge")
+    for piece in m.generate("Hello", max_tokens=32, temperature=0.0):
+        print(piece, end="")
+"""
+__version__ = "0.1.0"
+
+from .errors import EdgeError  # noqa: E402
+
+
+def load(path: str, **kwargs):
+    """Open an .edge file; see edgert.model.Model for the keyword arguments."""
+    from .model import Model
+
+    return Model(path, **kwargs)
+
+
+__all__ = ["load", "EdgeError", "__version__"]

@@ -1,0 +1,189 @@
+"""The `edgert` command: run, convert, info, perplexity, pull."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import EdgeError
+
+
+def _model_path(arg: str | None) -> str:
+    if arg:
+        return arg
+    from .pull import pull
+
+    return pull()
+
+
+def _load(args):
+    from . import load
+
+    return load(_model_path(args.model), threads=args.threads, backend=args.backend, context=args.ctx)
+
+
+def cmd_run(args) -> int:
+    if args.prompt is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise EdgeError("give a prompt with --prompt \"...\" (or pipe one on standard input)")
+        args.prompt = sys.stdin.read()
+    m = _load(args)
+    kw = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+              seed=args.seed)
+    if args.chat:
+        pieces = m.chat([{"role": "user", "content": args.prompt}], stream=True, **kw)
+    else:
+        pieces = m.generate(args.prompt, **kw)
+    if not args.chat:
+        sys.stdout.write(args.prompt)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    s = m.stats
+    print(f"prefill {s['prefill_tok_s']:.1f} tok/s ({s['prompt_tokens']} tokens) · "
+          f"decode {s['decode_tok_s']:.1f} tok/s ({s['generated_tokens']} tokens, stop: {s['stop']})",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+
+    out = args.output or os.path.splitext(args.source)[0] + ".edge"
+    summary = convert(args.source, out, quant=args.quant, force=args.force)
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary["tensors"].items()))
+    print(f"wrote {out}: {summary['bytes'] / 1e6:.1f} MB, {summary['arch']}, tensors: {kinds}", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .format import EdgeFile
+
+    edge = EdgeFile(args.model)
+    h = edge.header
+    dtypes: dict = {}
+    for t in h["tensors"].values():
+        dtypes[t["dtype"]] = dtypes.get(t["dtype"], 0) + 1
+    info = {"path": args.model, "file_mb": round(edge.size / 1e6, 2), "kind": h.get("kind"),
+            "config": h.get("config"), "tensors": len(h["tensors"]), "tensor_dtypes": dtypes,
+            "ops": len(h.get("program", {}).get("ops", [])), "source": h.get("source", {})}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    c = info["config"] or {}
+    print(f"{info['path']}: {info['file_mb']} MB, {info['kind']} model")
+    if c:
+        print(f"  architecture  {c.get('arch')}: {c.get('n_layers')} layers, d_model {c.get('d_model')}, "
+              f"d_ff {c.get('d_ff')}, heads {c.get('n_head')} (kv {c.get('n_kv_head')}) x {c.get('head_dim')}, "
+              f"vocab {c.get('vocab_size')}, context {c.get('context_length')}")
+    print(f"  tensors       {info['tensors']}: " + ", ".join(f"{n} {k}" for k, n in sorted(dtypes.items())))
+    print(f"  ops           {info['ops']}")
+    if info["source"]:
+        print("  source        " + ", ".join(f"{k}={v}" for k, v in info["source"].items()))
+    return 0
+
+
+def cmd_perplexity(args) -> int:
+    import numpy as np
+
+    m = _load(args)
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise EdgeError(f"cannot read {args.file}: {e.strerror or e}") from None
+    ids = m.tokenizer.encode(text)
+    if len(ids) < 2:
+        raise EdgeError(f"{args.file} holds fewer than 2 tokens")
+    window = m.context
+    nll, count = 0.0, 0
+    for s in range(0, len(ids) - 1, window):
+        chunk = ids[s:s + window]
+        if len(chunk) < 2:
+            break
+        ppl = m.perplexity(chunk)
+        nll += np.log(ppl) * (len(chunk) - 1)
+        count += len(chunk) - 1
+    print(f"perplexity {np.exp(nll / count):.4f} over {count} predicted tokens (window {window})")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from .pull import pull
+
+    print(pull(args.name, force=args.force))
+    return 0
+
+
+def _add_runtime_options(p):
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--ctx", type=int, default=None, help="context length in tokens (default: the model's, at most 8192)")
+    p.add_argument("--backend", choices=["jit", "ref"], default=None,
+                   help="kernels: jit (Numba, default) or ref (NumPy twins)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgert", description="Run trained models on CPUs and in the browser.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="generate text (no model: the default SmolLM2-135M-Instruct, fetched once)")
+    p.add_argument("model", nargs="?", help=".edge file (default: fetch and convert SmolLM2-135M-Instruct)")
+    p.add_argument("-p", "--prompt", help="prompt text (default: read standard input)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("-n", "--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=None)
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("convert", help="convert a GGUF model to .edge")
+    p.add_argument("source")
+    p.add_argument("-o", "--output", help="output .edge path (default: beside the source)")
+    p.add_argument("--quant", default="q4_0", choices=["q4_0", "q4_1", "q8_0"],
+                   help="format for tensors edgert does not run natively (kept formats are lossless)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", help="describe an .edge file")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("perplexity", help="perplexity of a text file")
+    p.add_argument("model", nargs="?")
+    p.add_argument("-f", "--file", required=True)
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_perplexity)
+
+    p = sub.add_parser("pull", help="fetch and convert a catalogue model into the cache")
+    p.add_argument("name", nargs="?", default="smollm2-135m")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_pull)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeError as e:
+        print(f"edgert: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edgert: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: one line unless --debug
+        if args.debug:
+            raise
+        print(f"edgert: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

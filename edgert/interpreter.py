@@ -1,0 +1,211 @@
+"""Runs a program: each op resolved to its kernel once at load, buffers planned per shape.
+
+Interpreter(program, weights, kernels).step(tokens, pos, cache, rows) runs one step over n
+new tokens (prefill n > 1, decode n = 1, tree verification with a mask) and returns the
+output rows: the last token's logits (rows="last") or every token's (rows="all").
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels as kernel_registry
+from .errors import EdgeError
+from .kvcache import KVCache
+from .program import concrete, plan_buffers, validate
+
+
+class Weights:
+    """Weight views for kernels: float tensors as float32, quantized ones as
+    (format code, d bits uint16, m bits uint16 or empty, qs)."""
+
+    def __init__(self, edge):
+        self.edge = edge
+        self._cache = {}
+
+    def get(self, name: str):
+        if name not in self._cache:
+            dtype, t = self.edge.dtype(name), self.edge.tensor(name)
+            if isinstance(t, dict):
+                from .kernels import formats
+
+                empty = np.zeros((0, 0), np.uint16)
+                m = t["m"].view(np.uint16) if "m" in t else empty
+                self._cache[name] = (formats.FORMATS[dtype], t["d"].view(np.uint16), m, t["qs"])
+            else:
+                self._cache[name] = np.ascontiguousarray(t, dtype=np.float32)
+        return self._cache[name]
+
+
+class _Step:
+    """Bound callables for one (n, m) shape: run() executes the op list once."""
+
+    def __init__(self, interp: "Interpreter", n: int, m: int):
+        dims = {"n": n, "m": m}
+        prog = interp.program
+        slot_of, cap = plan_buffers(prog, dims)
+        arena = [np.empty(c, np.float32) for c in cap]
+        self.tokens = np.zeros(n, np.int64)
+        self.pos = np.zeros(n, np.int64)
+        env = {"tokens": self.tokens, "pos": self.pos}
+        for v, s in slot_of.items():
+            shape = concrete(prog["values"][v], dims)
+            env[v] = arena[s][: int(np.prod(shape))].reshape(shape)
+        self.env = env
+        self.n, self.mask = n, np.zeros((0, 0), np.bool_)
+        self.act_cache = {}  # input value -> quantized activation scratch, shared by linears
+        self.calls = [interp.bind(op, self) for op in prog["ops"]]
+        self.outputs = [env[v] for v in prog["outputs"]]
+
+    def run(self):
+        for call in self.calls:
+            call()
+
+
+class Interpreter:
+    def __init__(self, program: dict, edge, backend: str | None = None):
+        validate(program, edge.header["tensors"], OPS)
+        self.program = program
+        self.weights = Weights(edge)
+        self.K = kernel_registry.load(backend)
+        self.cache: KVCache | None = None
+        self._steps: dict = {}
+
+    def step(self, tokens, pos, cache: KVCache, rows: str = "last", mask=None) -> np.ndarray:
+        """Run n = len(tokens) new tokens at positions pos; returns float32 [m, vocab]
+        (a view into the arena: copy it before the next step). The KV entries of these tokens
+        are written at cache.length.. and cache.length advances by n."""
+        n = len(tokens)
+        if cache.length + n > cache.capacity:
+            raise EdgeError(f"context full: {cache.length} + {n} tokens exceed the context of {cache.capacity}")
+        key = (n, 1 if rows == "last" else n)
+        st = self._steps.get(key)
+        if st is None:
+            if len(self._steps) >= 4:
+                self._steps.pop(next(iter(self._steps)))
+            st = self._steps[key] = _Step(self, *key)
+        st.tokens[:] = tokens
+        st.pos[:] = pos
+        st.mask = np.zeros((0, 0), np.bool_) if mask is None else np.ascontiguousarray(mask, np.bool_)
+        self.cache = cache
+        st.run()
+        cache.length += n
+        return st.outputs[0]
+
+    def bind(self, op: dict, st: _Step):
+        """Resolve op to a zero-argument callable over the step's buffers."""
+        return OPS[op["op"]](self, op, st)
+
+
+def _bind_embed(it, op, st):
+    w = it.weights.get(op["w"]["weight"])
+    tokens, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    if isinstance(w, tuple):
+        fmt, d, m, qs = w
+        return lambda: it.K.dequant_rows(fmt, d, m, qs, tokens, out)
+    return lambda: np.take(w, tokens, axis=0, out=out)
+
+
+def _bind_rms_norm(it, op, st):
+    w = it.weights.get(op["w"]["weight"])
+    x, out, eps = st.env[op["in"][0]], st.env[op["out"][0]], float(op["attrs"]["eps"])
+    return lambda: it.K.rms_norm(x, w, eps, out)
+
+
+def _bind_linear(it, op, st):
+    """out [rows, N] = x [rows, K] @ W.T (+ bias). Decode (rows == 1): int8 activation x
+    quantized weight matvec, the activation quantized once per input value; prefill: row tiles
+    dequantized and multiplied in float."""
+    K = it.K
+    w = it.weights.get(op["w"]["weight"])
+    bias = it.weights.get(op["w"]["bias"]) if "bias" in op["w"] else None
+    src = op["in"][0]
+    x, out = st.env[src], st.env[op["out"][0]]
+    if not isinstance(w, tuple):
+        def run():
+            np.matmul(x, w.T, out=out)
+            if bias is not None:
+                out += bias
+        return run
+    fmt, d, m, qs = w
+    if x.shape[0] == 1:
+        kdim = x.shape[1]
+        fresh = src not in st.act_cache
+        if fresh:
+            nb = kdim // 32
+            st.act_cache[src] = (np.zeros((1, kdim), np.int8), np.zeros((1, nb), np.float32),
+                                 np.zeros((1, nb), np.float32))
+        xq, xd, xs = st.act_cache[src]
+
+        def run():
+            if fresh:
+                K.quantize_act(x, xq, xd, xs)
+            K.qmatvec(fmt, xq[0], xd[0], xs[0], d, m, qs, out[0])
+            if bias is not None:
+                out += bias
+        return run
+
+    def run():
+        kernel_registry.qmatmul(K, fmt, x, d, m, qs, out)
+        if bias is not None:
+            out += bias
+    return run
+
+
+def _bind_rope(it, op, st):
+    a = op["attrs"]
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    n, hd = x.shape[0], int(a["head_dim"])
+    x3, o3 = x.reshape(n, -1, hd), out.reshape(n, -1, hd)
+    theta, neox, pos = float(a["theta"]), bool(a["neox"]), st.pos
+    return lambda: it.K.rope(x3, pos, theta, neox, o3)
+
+
+def _bind_attention(it, op, st):
+    """Writes the new tokens' K/V into the cache, then attends over it."""
+    a = op["attrs"]
+    layer, hd = int(a["layer"]), int(a["head_dim"])
+    q, k, v = (st.env[name] for name in op["in"])
+    out = st.env[op["out"][0]]
+    n = q.shape[0]
+    q3, o3 = q.reshape(n, -1, hd), out.reshape(n, -1, hd)
+    k3, v3 = k.reshape(n, -1, hd), v.reshape(n, -1, hd)
+    scale = float(a["scale"])
+
+    def run():
+        c = it.cache
+        p = c.length
+        c.k[layer][:, p:p + n] = k3.transpose(1, 0, 2)
+        c.v[layer][:, p:p + n] = v3.transpose(1, 0, 2)
+        it.K.attention(q3, c.k[layer], c.v[layer], p, st.mask, scale, o3)
+    return run
+
+
+def _bind_add(it, op, st):
+    a, b = (st.env[name] for name in op["in"])
+    out = st.env[op["out"][0]]
+    return lambda: np.add(a, b, out=out)
+
+
+def _bind_silu_mul(it, op, st):
+    g, u = (st.env[name] for name in op["in"])
+    out = st.env[op["out"][0]]
+    return lambda: it.K.silu_mul(g, u, out)
+
+
+def _bind_output_rows(it, op, st):
+    """[n, d] -> [m, d]: the last row (m = 1) or all rows (m = n)."""
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    start = x.shape[0] - out.shape[0]
+    return lambda: np.copyto(out, x[start:])
+
+
+OPS = {
+    "embed": _bind_embed,
+    "rms_norm": _bind_rms_norm,
+    "linear": _bind_linear,
+    "rope": _bind_rope,
+    "attention": _bind_attention,
+    "add": _bind_add,
+    "silu_mul": _bind_silu_mul,
+    "output_rows": _bind_output_rows,
+}

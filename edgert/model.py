@@ -1,0 +1,174 @@
+"""The embedded Python API: a loaded .edge language model.
+
+    m = edgert.load("smollm2.edge")
+    for piece in m.generate("Hello", max_tokens=32, temperature=0.0): print(piece, end="")
+    m.chat([{"role": "user", "content": "Hi"}])
+    ids = m.tokenizer.encode("text"); m.tokenizer.decode(ids)
+    logits = m.logits(ids)            # float32 [len(ids), vocab], teacher-forced
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import numpy as np
+
+from . import chat as chat_template
+from . import kernels
+from .errors import EdgeError
+from .format import EdgeFile
+from .interpreter import Interpreter
+from .kvcache import KVCache
+from .sampling import Sampler
+from .tokenizer import Tokenizer
+
+PREFILL_CHUNK = 256
+DEFAULT_CONTEXT = 8192
+
+
+class Model:
+    """A language model from an .edge file.
+
+    threads: compute threads (default: all cores); backend: "jit" (Numba) or "ref" (NumPy
+    twins), default jit when Numba is installed; context: KV cache length in tokens (default
+    the model's, at most 8192; memory is committed only as positions fill).
+    """
+
+    def __init__(self, path: str, threads: int | None = None, backend: str | None = None,
+                 context: int | None = None):
+        self.path = str(path)
+        self.edge = EdgeFile(self.path)
+        h = self.edge.header
+        if h.get("kind") != "llm":
+            raise EdgeError(f"{self.path} holds a {h.get('kind')!r} model, not a language model")
+        try:
+            self.config = h["config"]
+            self.tokenizer = Tokenizer.from_dict(h["tokenizer"])
+            program = h["program"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise EdgeError(f"{self.path} is corrupt: bad model header ({e!r})") from None
+        self.chat_template = h.get("chat_template")
+        if threads:
+            kernels.set_threads(threads)
+        self.interpreter = Interpreter(program, self.edge, backend)
+        limit = int(self.config["context_length"])
+        self.context = min(context or min(limit, DEFAULT_CONTEXT), limit)
+        self.stats: dict = {}
+
+    def new_cache(self) -> KVCache:
+        c = self.config
+        return KVCache(c["n_layers"], c["n_kv_head"], c["head_dim"], self.context)
+
+    def _check_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config["vocab_size"]):
+            raise EdgeError(f"token ids must lie in [0, {self.config['vocab_size']})")
+        if ids.size > self.context:
+            raise EdgeError(f"input is {ids.size} tokens; the context holds {self.context} "
+                            f"(the model allows up to {self.config['context_length']}: pass a larger context)")
+        return ids
+
+    def logits(self, ids) -> np.ndarray:
+        """Teacher-forced logits: float32 [len(ids), vocab]; row i predicts token i + 1."""
+        ids = self._check_ids(ids)
+        cache = self.new_cache()
+        out = np.empty((ids.size, self.config["vocab_size"]), np.float32)
+        for s in range(0, ids.size, PREFILL_CHUNK):
+            e = min(s + PREFILL_CHUNK, ids.size)
+            out[s:e] = self.interpreter.step(ids[s:e], np.arange(s, e), cache, rows="all")
+        return out
+
+    def prefill(self, ids, cache: KVCache) -> np.ndarray:
+        """Feed ids after what the cache holds; returns the last position's logits [vocab]."""
+        ids = self._check_ids(ids)
+        if cache.length + ids.size > cache.capacity:
+            raise EdgeError(f"prompt of {ids.size} tokens does not fit: the context holds {cache.capacity}")
+        for s in range(0, ids.size, PREFILL_CHUNK):
+            chunk = ids[s:s + PREFILL_CHUNK]
+            start = cache.length
+            logits = self.interpreter.step(chunk, np.arange(start, start + chunk.size), cache, rows="last")
+        return logits[0].copy()
+
+    def generate(self, prompt, max_tokens: int = 256, temperature: float = 0.7, top_k: int = 40,
+                 top_p: float = 0.95, seed: int | None = None, stop_at_eot: bool = True) -> Iterator[str]:
+        """Stream the continuation of `prompt` (text, or a list of token ids) as text pieces.
+
+        temperature 0 is greedy decoding. Stops at the model's end-of-turn token (unless
+        stop_at_eot is False), after max_tokens, or when the context is full. Timings land in
+        self.stats (prefill/decode tokens, seconds and tok/s).
+        """
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise EdgeError("empty prompt")
+        ids = self._check_ids(ids)
+        if ids.size >= self.context:
+            raise EdgeError(f"prompt is {ids.size} tokens; the context holds {self.context}, "
+                            "leaving no room to generate")
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        return self._generate(ids, max_tokens, sampler, stop_at_eot)
+
+    def _generate(self, ids, max_tokens, sampler, stop_at_eot) -> Iterator[str]:
+        cache = self.new_cache()
+        self.stats = stats = {"prompt_tokens": int(ids.size), "generated_tokens": 0, "stop": "max_tokens"}
+        self.last_tokens = tokens = []
+        t0 = time.perf_counter()
+        logits = self.prefill(ids, cache)
+        t1 = time.perf_counter()
+        stats.update(prefill_s=t1 - t0, prefill_tok_s=ids.size / max(t1 - t0, 1e-9))
+        stream = self.tokenizer.stream()
+        eot = self.tokenizer.eot_ids if stop_at_eot else frozenset()
+        try:
+            for _ in range(max_tokens):
+                tok = sampler(logits)
+                if tok in eot:
+                    stats["stop"] = "end_of_turn"
+                    break
+                tokens.append(tok)
+                piece = stream.push(tok)
+                if piece:
+                    yield piece
+                if cache.length >= cache.capacity:
+                    stats["stop"] = "context_full"
+                    break
+                logits = self.interpreter.step([tok], [cache.length], cache)[0]
+            tail = stream.flush()
+            if tail:
+                yield tail
+        finally:
+            t2 = time.perf_counter()
+            n = len(tokens)
+            stats.update(generated_tokens=n, decode_s=t2 - t1,
+                         decode_tok_s=(n - 1) / max(t2 - t1, 1e-9) if n > 1 else 0.0)
+
+    def chat(self, messages: list[dict], stream: bool = False, **kwargs):
+        """Reply to a conversation rendered with the model's chat template.
+
+        Returns the reply text, or with stream=True an iterator of text pieces. kwargs go to
+        generate() (max_tokens, temperature, top_k, top_p, seed).
+        """
+        tok = self.tokenizer
+        prompt = chat_template.render(self.chat_template, messages,
+                                      bos_token=tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
+                                      eos_token=tok.token_text(tok.eos_id) if tok.eos_id is not None else "")
+        pieces = self.generate(tok.encode(prompt, add_bos=False), **kwargs)
+        return pieces if stream else "".join(pieces)
+
+    def perplexity(self, ids) -> float:
+        """exp(mean negative log-likelihood) of ids[1:] given the preceding tokens."""
+        ids = self._check_ids(ids)
+        if ids.size < 2:
+            raise EdgeError("perplexity needs at least 2 tokens")
+        logits = self.logits(ids)[:-1].astype(np.float64)
+        mx = logits.max(axis=1, keepdims=True)
+        logz = np.log(np.exp(logits - mx).sum(axis=1)) + mx[:, 0]
+        nll = logz - logits[np.arange(ids.size - 1), ids[1:]]
+        return float(np.exp(nll.mean()))
+
+    def info(self) -> dict:
+        h = self.edge.header
+        dtypes: dict = {}
+        for t in h["tensors"].values():
+            dtypes[t["dtype"]] = dtypes.get(t["dtype"], 0) + 1
+        return {"path": self.path, "file_bytes": self.edge.size, "kind": h["kind"], "config": self.config,
+                "tensors": len(h["tensors"]), "tensor_dtypes": dtypes, "ops": len(h["program"]["ops"]),
+                "source": h.get("source", {}), "kernels": self.interpreter.K.__name__}
