@@ -124,7 +124,7 @@ def _bind_linear(it, op, st):
         def run():
             np.matmul(x, w.T, out=out)
             if bias is not None:
-                out += bias
+                np.add(out, bias, out=out)
         return run
     fmt, d, m, qs = w
     if x.shape[0] == 1:
@@ -141,13 +141,13 @@ def _bind_linear(it, op, st):
                 K.quantize_act(x, xq, xd, xs)
             K.qmatvec(fmt, xq[0], xd[0], xs[0], d, m, qs, out[0])
             if bias is not None:
-                out += bias
+                np.add(out, bias, out=out)
         return run
 
     def run():
         kernel_registry.qmatmul(K, fmt, x, d, m, qs, out)
         if bias is not None:
-            out += bias
+            np.add(out, bias, out=out)
     return run
 
 

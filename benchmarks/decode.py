@@ -1,0 +1,141 @@
+"""Prefill and decode speed, and peak memory, of edgert (and optionally llama.cpp) on real GGUFs.
+
+    python benchmarks/decode.py [--models smollm2-135m qwen2.5-coder-0.5b] [--threads 1 2]
+                                [--peer llama.cpp] [--prompt-tokens 256] [--decode-tokens 64]
+
+Prints one JSON object. Each (engine, model, threads) runs in its own process, so peak RSS
+(VmHWM) and the thread count are its own. Models come from ../shared/models/fetch_models.py
+and are converted once into ~/.cache/edgert/bench/. llama.cpp runs through llama-cpp-python
+(pip install ../shared/wheels/llama_cpp_python-0.3.36-*.whl). Machines here are shared: compare
+ratios from one run, not absolute figures across runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FETCH = os.path.join(HERE, "..", "..", "shared", "models", "fetch_models.py")
+TEXT = os.path.join(HERE, "..", "tests", "data", "english.txt")
+BENCH_CACHE = os.path.expanduser("~/.cache/edgert/bench")
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def gguf_path(name: str) -> str:
+    out = subprocess.run([sys.executable, FETCH, name], check=True, capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1].split(" ", 1)[1]
+
+
+def edge_path(name: str, gguf: str) -> str:
+    from edgert.convert import convert
+
+    os.makedirs(BENCH_CACHE, exist_ok=True)
+    out = os.path.join(BENCH_CACHE, name + ".edge")
+    if not os.path.exists(out):
+        convert(gguf, out, progress=False)
+    return out
+
+
+def prompt_ids(tokenize, n: int) -> list[int]:
+    with open(TEXT, encoding="utf-8") as f:
+        ids = tokenize(f.read())
+    return (ids * (n // len(ids) + 1))[:n]
+
+
+def run_edgert(name: str, threads: int, n_prompt: int, n_decode: int) -> dict:
+    import numpy as np
+
+    import edgert
+
+    gguf = gguf_path(name)
+    path = edge_path(name, gguf)
+    t0 = time.perf_counter()
+    m = edgert.load(path, threads=threads)
+    load_s = time.perf_counter() - t0
+    ids = prompt_ids(m.tokenizer.encode, n_prompt)
+    list(m.generate(ids[:8], max_tokens=4, temperature=0.0, stop_at_eot=False))  # compile / warm up
+    first_s = time.perf_counter() - t0
+    cache = m.new_cache()
+    t0 = time.perf_counter()
+    logits = m.prefill(ids, cache)
+    prefill_s = time.perf_counter() - t0
+    tok = int(np.argmax(logits))
+    t0 = time.perf_counter()
+    for _ in range(n_decode):
+        tok = int(np.argmax(m.interpreter.step([tok], [cache.length], cache)[0]))
+    decode_s = time.perf_counter() - t0
+    return {"engine": "edgert", "model": name, "threads": threads, "prefill_tok_s": n_prompt / prefill_s,
+            "decode_tok_s": n_decode / decode_s, "load_s": load_s, "first_generate_s": first_s,
+            "file_mb": os.path.getsize(path) / 1e6, "kv_cache_mb": m.config["n_layers"] * 2 * m.config["n_kv_head"]
+            * m.config["head_dim"] * 4 * (n_prompt + n_decode) / 1e6, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_llamacpp(name: str, threads: int, n_prompt: int, n_decode: int) -> dict:
+    from llama_cpp import Llama
+
+    gguf = gguf_path(name)
+    llm = Llama(gguf, n_threads=threads, n_threads_batch=threads, n_ctx=n_prompt + n_decode + 16,
+                n_batch=n_prompt, verbose=False)
+    ids = prompt_ids(lambda t: llm.tokenize(t.encode(), add_bos=False), n_prompt)
+    llm.eval(ids[:8])
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    prefill_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n_decode):
+        llm.eval([llm.sample(temp=0.0)])
+    decode_s = time.perf_counter() - t0
+    return {"engine": "llama.cpp", "model": name, "threads": threads, "prefill_tok_s": n_prompt / prefill_s,
+            "decode_tok_s": n_decode / decode_s, "file_mb": os.path.getsize(gguf) / 1e6,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--peer", choices=["llama.cpp"], default=None)
+    ap.add_argument("--prompt-tokens", type=int, default=256)
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--one", nargs=3, metavar=("ENGINE", "MODEL", "THREADS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        engine, model, threads = args.one
+        run = run_edgert if engine == "edgert" else run_llamacpp
+        print(json.dumps(run(model, int(threads), args.prompt_tokens, args.decode_tokens)))
+        return
+    engines = ["edgert"] + ([args.peer] if args.peer else [])
+    results = []
+    for model in args.models:
+        gguf_path(model)
+        for threads in args.threads:
+            for engine in engines:
+                cmd = [sys.executable, __file__, "--one", engine, model, str(threads),
+                       "--prompt-tokens", str(args.prompt_tokens), "--decode-tokens", str(args.decode_tokens)]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                results.append(json.loads(out.strip().splitlines()[-1]))
+                print(json.dumps(results[-1]), file=sys.stderr)
+    if args.peer:
+        peer = {(r["model"], r["threads"]): r for r in results if r["engine"] == args.peer}
+        for r in results:
+            p = peer.get((r["model"], r["threads"]))
+            if r["engine"] == "edgert" and p:
+                r["decode_ratio_vs_peer"] = r["decode_tok_s"] / p["decode_tok_s"]
+                r["prefill_ratio_vs_peer"] = r["prefill_tok_s"] / p["prefill_tok_s"]
+    print(json.dumps({"benchmark": "decode", "load_avg": os.getloadavg(), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Numba kernels (same names and signatures as edgert.kernels.ref).
+
+Threading: the OpenMP layer is selected when Numba has it (a parallel region launches in a
+few microseconds, against tens with workqueue), unless NUMBA_THREADING_LAYER chose one.
+GOMP_SPINCOUNT defaults to 1000 (about 20-40 us of spinning after each region, instead of
+libgomp's 300000): with the default, the idle OpenMP workers spin while OpenBLAS runs the
+prefill matmuls, and qmatmul (dequant tiles + BLAS) ran 10-40x slower here. Both settings
+take effect only if libgomp is not loaded yet in the process.
+"""
+import os
+
+import numba
+
+if numba.config.THREADING_LAYER == "default":
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401  (loads libgomp; raises if missing)
+
+        numba.config.THREADING_LAYER = "omp"
+    except ImportError:
+        pass
+
+from .activation import silu_mul, softmax  # noqa: E402
+from .attention import attention  # noqa: E402
+from .norm import rms_norm  # noqa: E402
+from .quant import dequant_rows, qmatvec, quantize_act  # noqa: E402
+from .rope import rope  # noqa: E402
+
+__all__ = ["quantize_act", "qmatvec", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"]

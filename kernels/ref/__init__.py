@@ -1,0 +1,9 @@
+"""NumPy twins of the Numba kernels (same names and signatures); they run under Pyodide
+(no BLAS there, 32-bit intp): einsum rather than @, few large calls."""
+from .activation import silu_mul, softmax
+from .attention import attention
+from .norm import rms_norm
+from .quant import dequant_rows, qmatvec, quantize_act
+from .rope import rope
+
+__all__ = ["quantize_act", "qmatvec", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"]

@@ -1,0 +1,74 @@
+"""NumPy quant kernels: activation quantization, quantized matvec, row dequantization.
+
+fp16 scales arrive as uint16 bit views; they are widened through a 65536-entry float32 table
+built once at import (Pyodide converts float16 in software, so a gather is much cheaper
+than ``.view(np.float16).astype(np.float32)`` per call).
+"""
+import numpy as np
+
+from ..formats import Q4_0, Q4_1, Q8_0
+
+_F16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+_CHUNK = 1 << 20  # weight codes per qmatvec step: bounds the float temporaries to a few MB
+
+
+def quantize_act(x, xq, xd, xs):
+    """x f32[n, K] -> xq i8[n, K], xd f32[n, B], xs f32[n, B], per block of 32:
+    xd = amax / 127, xq = rint(x * 127 / amax), xs = xd * sum(xq)."""
+    n, K = x.shape
+    xb = x.reshape(n, K // 32, 32)
+    amax = np.abs(xb).max(axis=-1)
+    inv = np.zeros_like(amax)
+    np.divide(np.float32(127), amax, out=inv, where=amax > 0)
+    q = np.rint(xb * inv[..., None])
+    xq[...] = q.reshape(n, K)
+    np.divide(amax, np.float32(127), out=xd)
+    np.multiply(xd, q.sum(axis=-1), out=xs)
+
+
+def qmatvec(fmt, xq, xd, xs, d, m, qs, out):
+    """out f32[N] = W @ (activation), W quantized [N, K] (d, m: uint16 fp16 bits [N, B], m
+    (0, 0) unless q4_1), activation xq i8[K] with xd, xs f32[B]. Same math as the Numba kernel:
+    per block the integer dot s of the unsigned codes with xq (exact in float32: every partial
+    sum is an integer below 2**24), then
+    q4_0: d * (xd * s - 8 * xs); q4_1: d * xd * s + m * xs; q8_0: d * xd * s."""
+    N, nb = d.shape
+    x = xq.reshape(nb, 32).astype(np.float32)
+    # byte P = lo + 16 hi, so lo.x_lo + hi.x_hi = P.x_lo + hi.(x_hi - 16 x_lo): no mask pass.
+    x_lo, x_hi = np.ascontiguousarray(x[:, :16]), x[:, 16:] - np.float32(16) * x[:, :16]
+    step = max(1, _CHUNK // max(qs[0].size, 1))
+    for r0 in range(0, N, step):
+        r1 = min(N, r0 + step)
+        q = qs[r0:r1]
+        if fmt == Q8_0:
+            s = np.einsum("rbj,bj->rb", q.astype(np.float32), x)
+        else:
+            s = np.einsum("rbj,bj->rb", q.astype(np.float32), x_lo)
+            s += np.einsum("rbj,bj->rb", (q >> np.uint8(4)).astype(np.float32), x_hi)
+        s *= xd
+        if fmt == Q4_0:
+            s -= np.float32(8) * xs
+        np.einsum("rb,rb->r", _F16[d[r0:r1]], s, out=out[r0:r1])
+        if fmt == Q4_1:
+            out[r0:r1] += np.einsum("rb,b->r", _F16[m[r0:r1]], xs)
+
+
+def dequant_rows(fmt, d, m, qs, rows, out):
+    """out f32[r, K] = rows `rows` (int64 [r]) of the quantized matrix (d, m, qs [N, B, 16 or 32]
+    as in qmatvec). Bit-exact with formats.dequantize."""
+    r = len(rows)
+    nb = d.shape[1]
+    w = out.reshape(r, nb, 32)
+    q = qs[rows]
+    scale = _F16[d[rows]][..., None]
+    if fmt == Q8_0:
+        np.multiply(q, scale, out=w)
+        return
+    w[..., :16] = q & np.uint8(15)
+    w[..., 16:] = q >> np.uint8(4)
+    if fmt == Q4_0:
+        w -= np.float32(8)
+        w *= scale
+    else:
+        w *= scale
+        w += _F16[m[rows]][..., None]

@@ -1,0 +1,294 @@
+"""Kernels, both backends (jit = Numba, ref = NumPy twins), against float64 references written
+here (not with the code under test), on odd shapes."""
+import importlib.util
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from edgert import kernels
+from edgert.kernels.formats import FORMATS
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+BACKENDS = ["ref", pytest.param("jit", marks=pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed"))]
+FMTS = list(FORMATS)
+
+
+@pytest.fixture(params=BACKENDS)
+def K(request):
+    return kernels.load(request.param)
+
+
+def _rng(*key):
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def random_parts(rng, fmt, N, Kd):
+    """Random quantized parts (scales fp16 of either sign, |d| in [0.004, 0.06], codes uniform)
+    and their float64 dequantization, computed here from the format definition."""
+    B = Kd // 32
+    d = (rng.uniform(0.004, 0.06, (N, B)) * rng.choice([-1, 1], (N, B))).astype(np.float16)
+    m = rng.uniform(-0.5, 0.0, (N, B)).astype(np.float16)
+    if fmt == "q8_0":
+        qs = rng.integers(-128, 128, (N, B, 32)).astype(np.int8)
+        codes = qs.astype(np.float64)
+    else:
+        qs = rng.integers(0, 256, (N, B, 16)).astype(np.uint8)
+        codes = np.concatenate([qs % 16, qs // 16], axis=-1).astype(np.float64)
+    d64, m64 = d.astype(np.float64)[..., None], m.astype(np.float64)[..., None]
+    w = {"q4_0": (codes - 8) * d64, "q4_1": codes * d64 + m64, "q8_0": codes * d64}[fmt]
+    mbits = m.view(np.uint16) if fmt == "q4_1" else np.zeros((0, 0), np.uint16)
+    return (FORMATS[fmt], d.view(np.uint16), mbits, qs), w.reshape(N, Kd)
+
+
+# --- registry -------------------------------------------------------------------------------
+
+def test_load_and_threads(monkeypatch):
+    assert set(kernels.load("ref").__all__) == {
+        "quantize_act", "qmatvec", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"}
+    monkeypatch.setenv("EDGERT_KERNELS", "ref")
+    assert kernels.load().__name__ == "edgert.kernels.ref"
+    with pytest.raises(ValueError, match="unknown kernel backend 'gpu'"):
+        kernels.load("gpu")
+    with pytest.raises(ValueError):
+        kernels.set_threads(0)
+    kernels.set_threads(1)
+    if HAS_NUMBA:
+        import numba
+
+        assert kernels.load("jit").__all__ == kernels.load("ref").__all__
+        assert numba.get_num_threads() == 1
+        kernels.set_threads(64)
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+
+
+def test_without_numba(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
+    monkeypatch.delenv("EDGERT_KERNELS", raising=False)
+    assert kernels.load().__name__ == "edgert.kernels.ref"
+    with pytest.raises(ImportError, match="backend 'jit' needs numba"):
+        kernels.load("jit")
+    kernels.set_threads(2)  # no-op
+
+
+# --- quantized products -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+@pytest.mark.parametrize("Kd", [32, 96, 576])
+def test_quantize_act(K, n, Kd):
+    x = _rng("qa", n, Kd).standard_normal((n, Kd)).astype(np.float32) * 3
+    x[0, :32] = 0  # an all-zero block
+    B = Kd // 32
+    xq, xd, xs = np.empty((n, Kd), np.int8), np.empty((n, B), np.float32), np.empty((n, B), np.float32)
+    K.quantize_act(x, xq, xd, xs)
+    x64 = x.astype(np.float64).reshape(n, B, 32)
+    amax = np.abs(x64).max(axis=-1)
+    np.testing.assert_allclose(xd, amax / 127, rtol=1e-6)
+    scale = np.where(amax > 0, amax / 127, 1)[..., None]
+    err = np.abs(xq.reshape(n, B, 32) - x64 / scale)
+    assert err.max() <= 0.5 + 1e-4  # round to nearest, up to float32 rounding of x / xd
+    np.testing.assert_allclose(xs, amax / 127 * xq.reshape(n, B, 32).sum(axis=-1), rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("N", [1, 7, 130])
+@pytest.mark.parametrize("Kd", [32, 96, 576])
+def test_qmatvec(K, fmt, N, Kd):
+    rng = _rng("mv", fmt, N, Kd)
+    (code, d, m, qs), w = random_parts(rng, fmt, N, Kd)
+    x = rng.standard_normal((1, Kd)).astype(np.float32)
+    B = Kd // 32
+    xq, xd, xs = np.empty((1, Kd), np.int8), np.empty((1, B), np.float32), np.empty((1, B), np.float32)
+    K.quantize_act(x, xq, xd, xs)
+    out = np.full(N, np.nan, np.float32)
+    K.qmatvec(code, xq[0], xd[0], xs[0], d, m, qs, out)
+    # Against the dequantized activation xq * xd: only float32 rounding (relative to sum |w x|).
+    xa = (xq[0].reshape(B, 32) * xd[0].astype(np.float64)[:, None]).reshape(Kd)
+    mag = np.abs(w) @ np.abs(xa)
+    assert np.all(np.abs(out - w @ xa) <= 1e-5 * mag + 1e-30)
+    # Against the float activation: int8 rounding moves each element by at most xd / 2.
+    bound = np.abs(w) @ np.repeat(xd[0].astype(np.float64) / 2, 32)
+    assert np.all(np.abs(out - w @ x[0].astype(np.float64)) <= bound * (1 + 1e-4) + 1e-5 * mag)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("Kd", [32, 96, 576])
+def test_dequant_rows(K, fmt, Kd):
+    rng = _rng("dq", fmt, Kd)
+    (code, d, m, qs), w = random_parts(rng, fmt, 130, Kd)
+    rows = np.array([0, 129, 5, 5, 77], np.int64)
+    out = np.empty((len(rows), Kd), np.float32)
+    K.dequant_rows(code, d, m, qs, rows, out)
+    np.testing.assert_array_equal(out, w[rows].astype(np.float32))  # exact: codes * fp16 (+ fp16)
+    with pytest.raises(IndexError):
+        K.dequant_rows(code, d, m, qs, np.array([130], np.int64), out[:1])
+
+
+def test_fp16_scales(K):
+    """Every finite fp16 scale (normal, subnormal, zero, negative) widens exactly."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    bits = bits[(bits & 0x7C00) != 0x7C00].reshape(1, -1)  # drop inf and nan
+    qs = np.ones((1, bits.shape[1], 32), np.int8)
+    out = np.empty((1, bits.shape[1] * 32), np.float32)
+    K.dequant_rows(FORMATS["q8_0"], bits, np.zeros((0, 0), np.uint16), qs, np.zeros(1, np.int64), out)
+    np.testing.assert_array_equal(out[0, ::32], bits[0].view(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("n", [3, 17])
+def test_qmatmul(K, fmt, n):
+    rng = _rng("mm", fmt, n)
+    (code, d, m, qs), w = random_parts(rng, fmt, 130, 96)
+    x = rng.standard_normal((n, 96)).astype(np.float32)
+    out = np.full((n, 130), np.nan, np.float32)
+    kernels.qmatmul(K, code, x, d, m, qs, out, tile=48)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w.T, rtol=1e-4, atol=1e-5)
+
+
+# --- norms, rope, activations -------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_rms_norm(K, n, inplace):
+    rng = _rng("rms", n)
+    x = rng.standard_normal((n, 576)).astype(np.float32) * 4
+    w = rng.standard_normal(576).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = x64 / np.sqrt((x64**2).mean(axis=1, keepdims=True) + 1e-5) * w
+    out = x if inplace else np.empty_like(x)
+    K.rms_norm(x, w, 1e-5, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+@pytest.mark.parametrize("D", [64, 32])
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_rope(K, n, D, neox, inplace):
+    rng = _rng("rope", n, D, neox)
+    x = rng.standard_normal((n, 3, D)).astype(np.float32)
+    pos = rng.integers(0, 5000, n).astype(np.int64)
+    theta = 10000.0 if neox else 100000.0
+    # Complex rotation: pair (a, b) is the number a + ib times exp(i * pos * theta**(-2i/D)).
+    x64 = x.astype(np.float64)
+    z = x64[..., : D // 2] + 1j * x64[..., D // 2 :] if neox else x64[..., 0::2] + 1j * x64[..., 1::2]
+    z = z * np.exp(1j * pos[:, None, None] * theta ** (-np.arange(0, D, 2) / D))
+    want = np.empty_like(x64)
+    if neox:
+        want[..., : D // 2], want[..., D // 2 :] = z.real, z.imag
+    else:
+        want[..., 0::2], want[..., 1::2] = z.real, z.imag
+    out = x if inplace else np.empty_like(x)
+    K.rope(x, pos, theta, neox, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_silu_mul(K, n, inplace):
+    rng = _rng("silu", n)
+    g = rng.uniform(-40, 40, (n, 200)).astype(np.float32)
+    u = rng.standard_normal((n, 200)).astype(np.float32)
+    g64 = g.astype(np.float64)
+    want = g64 / (1 + np.exp(-g64)) * u
+    out = g if inplace else np.empty_like(g)
+    K.silu_mul(g, u, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-30)
+
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_softmax(K, n, inplace):
+    x = (_rng("sm", n).standard_normal((n, 1000)) * 10 + 500).astype(np.float32)  # exp(x) overflows
+    e = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
+    want = e / e.sum(axis=1, keepdims=True)
+    out = x if inplace else np.empty_like(x)
+    K.softmax(x, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-12)
+
+
+# --- attention ----------------------------------------------------------------------------------
+
+def tree_mask(rng, n):
+    """Ancestor-or-self mask of a random token tree (parent[j] < j): mask[i, j] iff j is on the
+    path from the root to i."""
+    parent = [-1] + [int(rng.integers(0, j)) for j in range(1, n)]
+    mask = np.zeros((n, n), np.bool_)
+    for i in range(n):
+        j = i
+        while j >= 0:
+            mask[i, j] = True
+            j = parent[j]
+    return mask
+
+
+def attention64(q, k, v, n_past, visible_new, scale):
+    n, H, D = q.shape
+    group = H // k.shape[0]
+    out = np.zeros((n, H, D))
+    for i in range(n):
+        cols = list(range(n_past)) + [n_past + j for j in range(n) if visible_new[i, j]]
+        for h in range(H):
+            s = k[h // group, cols].astype(np.float64) @ q[i, h].astype(np.float64) * scale
+            p = np.exp(s - s.max())
+            out[i, h] = p @ v[h // group, cols].astype(np.float64) / p.sum()
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+@pytest.mark.parametrize("heads", [(9, 3), (14, 2), (4, 4)])
+@pytest.mark.parametrize("D", [64, 32])
+@pytest.mark.parametrize("n_past", [0, 5])
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention(K, n, heads, D, n_past, causal):
+    H, Hkv = heads
+    rng = _rng("att", n, H, D, n_past, causal)
+    T = n_past + n + 4
+    q = rng.standard_normal((n, H, D)).astype(np.float32)
+    k = rng.standard_normal((Hkv, T, D)).astype(np.float32)
+    v = rng.standard_normal((Hkv, T, D)).astype(np.float32)
+    k[:, n_past + n :] = np.nan  # beyond the filled cache: must not be read
+    v[:, n_past + n :] = np.nan
+    mask = np.zeros((0, 0), np.bool_) if causal else tree_mask(rng, n)
+    visible = np.tril(np.ones((n, n), np.bool_)) if causal else mask
+    scale = 1 / np.sqrt(D)
+    out = np.full((n, H, D), np.nan, np.float32)
+    K.attention(q, k, v, n_past, mask, scale, out)
+    np.testing.assert_allclose(out, attention64(q, k, v, n_past, visible, scale), rtol=1e-4, atol=1e-5)
+
+
+# --- real weights ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_real_smollm2_weights(K, smollm2_gguf):
+    """qmatvec and dequant_rows on SmolLM2's Q4_1 and Q8_0 tensors against gguf's dequantizer."""
+    gguf = pytest.importorskip("gguf")
+    from edgert.kernels.formats import from_gguf_blocks
+
+    names = {gguf.GGMLQuantizationType.Q4_1: "q4_1", gguf.GGMLQuantizationType.Q8_0: "q8_0"}
+    wanted = {"blk.0.ffn_gate.weight", "blk.0.ffn_down.weight", "token_embd.weight"}
+    tensors = [t for t in gguf.GGUFReader(smollm2_gguf).tensors if t.name in wanted]
+    assert {names[t.tensor_type] for t in tensors} == {"q4_1", "q8_0"}
+    rng = _rng("real")
+    for t in tensors:
+        Kd = int(t.shape[0])  # GGUF lists dims innermost first
+        raw = np.asarray(t.data[:4096])  # at most 4096 rows
+        N = len(raw)
+        fmt = names[t.tensor_type]
+        w = gguf.quants.dequantize(raw, t.tensor_type).astype(np.float64)
+        p = from_gguf_blocks(raw, fmt, N, Kd)
+        m = p["m"].view(np.uint16) if "m" in p else np.zeros((0, 0), np.uint16)
+        args = (FORMATS[fmt], p["d"].view(np.uint16), m, p["qs"])
+        rows = rng.integers(0, N, 9).astype(np.int64)
+        out = np.empty((9, Kd), np.float32)
+        K.dequant_rows(*args, rows, out)
+        np.testing.assert_array_equal(out, w[rows].astype(np.float32), err_msg=t.name)
+        x = rng.standard_normal((1, Kd)).astype(np.float32)
+        B = Kd // 32
+        xq, xd, xs = np.empty((1, Kd), np.int8), np.empty((1, B), np.float32), np.empty((1, B), np.float32)
+        K.quantize_act(x, xq, xd, xs)
+        y = np.empty(N, np.float32)
+        K.qmatvec(args[0], xq[0], xd[0], xs[0], *args[1:], y)
+        xa = (xq[0].reshape(B, 32) * xd[0].astype(np.float64)[:, None]).reshape(Kd)
+        assert np.all(np.abs(y - w @ xa) <= 1e-5 * (np.abs(w) @ np.abs(xa))), t.name
