@@ -74,32 +74,38 @@ def test_without_numba(monkeypatch):
 
 # --- quantized products -----------------------------------------------------------------------
 
+ACT_DTYPES = [np.int8, np.int16]
+
+
+@pytest.mark.parametrize("adt", ACT_DTYPES)
 @pytest.mark.parametrize("n", [1, 3, 17])
 @pytest.mark.parametrize("Kd", [32, 96, 576])
-def test_quantize_act(K, n, Kd):
+def test_quantize_act(K, n, Kd, adt):
     x = _rng("qa", n, Kd).standard_normal((n, Kd)).astype(np.float32) * 3
     x[0, :32] = 0  # an all-zero block
     B = Kd // 32
-    xq, xd, xs = np.empty((n, Kd), np.int8), np.empty((n, B), np.float32), np.empty((n, B), np.float32)
+    xq, xd, xs = np.empty((n, Kd), adt), np.empty((n, B), np.float32), np.empty((n, B), np.float32)
     K.quantize_act(x, xq, xd, xs)
+    qmax = np.iinfo(adt).max
     x64 = x.astype(np.float64).reshape(n, B, 32)
     amax = np.abs(x64).max(axis=-1)
-    np.testing.assert_allclose(xd, amax / 127, rtol=1e-6)
-    scale = np.where(amax > 0, amax / 127, 1)[..., None]
+    np.testing.assert_allclose(xd, amax / qmax, rtol=1e-6)
+    scale = np.where(amax > 0, amax / qmax, 1)[..., None]
     err = np.abs(xq.reshape(n, B, 32) - x64 / scale)
-    assert err.max() <= 0.5 + 1e-4  # round to nearest, up to float32 rounding of x / xd
-    np.testing.assert_allclose(xs, amax / 127 * xq.reshape(n, B, 32).sum(axis=-1), rtol=1e-6, atol=1e-30)
+    assert err.max() <= 0.5 + qmax * 1e-6  # round to nearest, up to float32 rounding of x / xd
+    np.testing.assert_allclose(xs, amax / qmax * xq.reshape(n, B, 32).sum(axis=-1), rtol=1e-6, atol=1e-30)
 
 
+@pytest.mark.parametrize("adt", ACT_DTYPES)
 @pytest.mark.parametrize("fmt", FMTS)
 @pytest.mark.parametrize("N", [1, 7, 130])
 @pytest.mark.parametrize("Kd", [32, 96, 576])
-def test_qmatvec(K, fmt, N, Kd):
+def test_qmatvec(K, fmt, N, Kd, adt):
     rng = _rng("mv", fmt, N, Kd)
     (code, d, m, qs), w = random_parts(rng, fmt, N, Kd)
     x = rng.standard_normal((1, Kd)).astype(np.float32)
     B = Kd // 32
-    xq, xd, xs = np.empty((1, Kd), np.int8), np.empty((1, B), np.float32), np.empty((1, B), np.float32)
+    xq, xd, xs = np.empty((1, Kd), adt), np.empty((1, B), np.float32), np.empty((1, B), np.float32)
     K.quantize_act(x, xq, xd, xs)
     out = np.full(N, np.nan, np.float32)
     K.qmatvec(code, xq[0], xd[0], xs[0], d, m, qs, out)
@@ -107,7 +113,7 @@ def test_qmatvec(K, fmt, N, Kd):
     xa = (xq[0].reshape(B, 32) * xd[0].astype(np.float64)[:, None]).reshape(Kd)
     mag = np.abs(w) @ np.abs(xa)
     assert np.all(np.abs(out - w @ xa) <= 1e-5 * mag + 1e-30)
-    # Against the float activation: int8 rounding moves each element by at most xd / 2.
+    # Against the float activation: rounding moves each element by at most xd / 2.
     bound = np.abs(w) @ np.repeat(xd[0].astype(np.float64) / 2, 32)
     assert np.all(np.abs(out - w @ x[0].astype(np.float64)) <= bound * (1 + 1e-4) + 1e-5 * mag)
 

@@ -31,10 +31,10 @@ def _f16(h):
     return bits.view(np.float32) * np.float32(2.0**112)
 
 
-def _load(context, builder, arrty, arr, off, n):
-    """<n x i8> unaligned load at element `off` of a C-contiguous byte array."""
+def _load(context, builder, arrty, arr, off, n, bits=8):
+    """<n x i`bits`> unaligned load at element `off` of a C-contiguous integer array."""
     data = context.make_array(arrty)(context, builder, arr).data
-    ptr = builder.bitcast(builder.gep(data, [off]), ir.VectorType(_I8, n).as_pointer())
+    ptr = builder.bitcast(builder.gep(data, [off]), ir.VectorType(ir.IntType(bits), n).as_pointer())
     return builder.load(ptr, align=1)
 
 
@@ -42,16 +42,18 @@ def _load(context, builder, arrty, arr, off, n):
 def _block_dot(typingctx, qs, qoff, xq, xoff):
     """int32 sum over one block of 32: weights at qs[qoff:] (uint8: 16 bytes of nibbles,
     low = element j, high = element j + 16, unsigned 0..15; int8: 32 values) times the
-    int8 activation xq[xoff:xoff + 32]. Both arrays C-contiguous, indices flat."""
+    int8 or int16 activation xq[xoff:xoff + 32]. Both arrays C-contiguous, indices flat.
+    No overflow: |sum| <= 32 * 128 * 32767 < 2**31."""
     ok = (isinstance(qs, types.Array) and qs.layout == "C" and qs.dtype in (types.uint8, types.int8)
-          and isinstance(xq, types.Array) and xq.layout == "C" and xq.dtype == types.int8)
+          and isinstance(xq, types.Array) and xq.layout == "C" and xq.dtype in (types.int8, types.int16))
     if not ok:
         return None
     nibbles = qs.dtype == types.uint8
+    xbits = xq.dtype.bitwidth
 
     def codegen(context, builder, sig, args):
         v32 = ir.VectorType(_I32, 32)
-        y = builder.sext(_load(context, builder, sig.args[2], args[2], args[3], 32), v32)
+        y = builder.sext(_load(context, builder, sig.args[2], args[2], args[3], 32, xbits), v32)
         if nibbles:
             q = _load(context, builder, sig.args[0], args[0], args[1], 16)
             lo = builder.and_(q, ir.Constant(q.type, [15] * 16))
@@ -68,28 +70,30 @@ def _block_dot(typingctx, qs, qoff, xq, xoff):
 
 @njit(cache=True, nogil=True, fastmath=True)
 def quantize_act(x, xq, xd, xs):
-    """x f32[n, K] -> xq i8[n, K], xd f32[n, B], xs f32[n, B], per block of 32:
-    xd = amax / 127, xq = rint(x * 127 / amax), xs = xd * sum(xq)."""
+    """x f32[n, K] -> xq i8 or i16 [n, K], xd f32[n, B], xs f32[n, B], per block of 32:
+    with Q = 127 (int8) or 32767 (int16), xd = amax / Q, xq = rint(x * Q / amax),
+    xs = xd * sum(xq)."""
     n, K = x.shape
+    qmax = np.float32(np.iinfo(xq.dtype).max)
     for i in range(n):
         for b in range(K // 32):
             amax = np.float32(0)
             for j in range(b * 32, b * 32 + 32):
                 amax = max(amax, abs(x[i, j]))
-            inv = np.float32(127) / amax if amax > 0 else np.float32(0)
+            inv = qmax / amax if amax > 0 else np.float32(0)
             s = np.int32(0)
             for j in range(b * 32, b * 32 + 32):
                 q = np.int32(np.rint(x[i, j] * inv))
                 xq[i, j] = q
                 s += q
-            xd[i, b] = amax / np.float32(127)
+            xd[i, b] = amax / qmax
             xs[i, b] = xd[i, b] * np.float32(s)
 
 
 @njit(cache=True, nogil=True, fastmath=True, parallel=True)
 def qmatvec(fmt, xq, xd, xs, d, m, qs, out):
     """out f32[N] = W @ (activation), W quantized [N, K] in format `fmt` (d, m: uint16 fp16
-    bits [N, B], m (0, 0) unless q4_1; qs C-contiguous), activation xq i8[K] with xd, xs f32[B]
+    bits [N, B], m (0, 0) unless q4_1; qs C-contiguous), activation xq i8 or i16 [K] with xd, xs f32[B]
     from quantize_act. Per block: s = int32 dot of the unsigned weight codes with xq, then
     q4_0: d * (xd * s - 8 * xs); q4_1: d * xd * s + m * xs; q8_0: d * xd * s."""
     N, nb = d.shape
@@ -99,11 +103,10 @@ def qmatvec(fmt, xq, xd, xs, d, m, qs, out):
     for r in prange(N):
         acc = np.float32(0)
         for b in range(nb):
-            t = xd[b] * np.float32(_block_dot(qs, (r * nb + b) * stride, xq, b * 32))
-            if fmt == Q4_0:
-                t -= np.float32(8) * xs[b]
-            acc += _f16(d[r, b]) * t
-            if fmt == Q4_1:
+            s = xd[b] * np.float32(_block_dot(qs, (r * nb + b) * stride, xq, b * 32))
+            acc += _f16(d[r, b]) * (s - np.float32(8) * xs[b] if fmt == Q4_0 else s)
+        if fmt == Q4_1:  # a loop of its own: folding it into the one above slows both
+            for b in range(nb):
                 acc += _f16(m[r, b]) * xs[b]
         out[r] = acc
 

@@ -13,24 +13,26 @@ _CHUNK = 1 << 20  # weight codes per qmatvec step: bounds the float temporaries 
 
 
 def quantize_act(x, xq, xd, xs):
-    """x f32[n, K] -> xq i8[n, K], xd f32[n, B], xs f32[n, B], per block of 32:
-    xd = amax / 127, xq = rint(x * 127 / amax), xs = xd * sum(xq)."""
+    """x f32[n, K] -> xq i8 or i16 [n, K], xd f32[n, B], xs f32[n, B], per block of 32:
+    with Q = 127 (int8) or 32767 (int16), xd = amax / Q, xq = rint(x * Q / amax),
+    xs = xd * sum(xq)."""
     n, K = x.shape
+    qmax = np.float32(np.iinfo(xq.dtype).max)
     xb = x.reshape(n, K // 32, 32)
     amax = np.abs(xb).max(axis=-1)
     inv = np.zeros_like(amax)
-    np.divide(np.float32(127), amax, out=inv, where=amax > 0)
+    np.divide(qmax, amax, out=inv, where=amax > 0)
     q = np.rint(xb * inv[..., None])
     xq[...] = q.reshape(n, K)
-    np.divide(amax, np.float32(127), out=xd)
+    np.divide(amax, qmax, out=xd)
     np.multiply(xd, q.sum(axis=-1), out=xs)
 
 
 def qmatvec(fmt, xq, xd, xs, d, m, qs, out):
     """out f32[N] = W @ (activation), W quantized [N, K] (d, m: uint16 fp16 bits [N, B], m
-    (0, 0) unless q4_1), activation xq i8[K] with xd, xs f32[B]. Same math as the Numba kernel:
-    per block the integer dot s of the unsigned codes with xq (exact in float32: every partial
-    sum is an integer below 2**24), then
+    (0, 0) unless q4_1), activation xq i8 or i16 [K] with xd, xs f32[B]. Same math as the Numba
+    kernel: per block the integer dot s of the unsigned codes with xq (in float32: exact for
+    int8 activations, whose partial sums stay below 2**24), then
     q4_0: d * (xd * s - 8 * xs); q4_1: d * xd * s + m * xs; q8_0: d * xd * s."""
     N, nb = d.shape
     x = xq.reshape(nb, 32).astype(np.float32)
