@@ -181,6 +181,9 @@ def write_edge(path: str, header: dict, tensors: list, force: bool = False, prog
                 if progress:
                     progress(name)
             f.truncate(data_start + off)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -117,42 +117,36 @@ def _bind_rms_norm(it, op, st):
 
 
 def _bind_linear(it, op, st):
-    """out [rows, N] = x [rows, K] @ W.T (+ bias). Decode (rows == 1): int16 activation x
-    quantized weight matvec, the activation quantized once per input value; prefill: row tiles
-    dequantized and multiplied in float."""
+    """out [rows, N] = x [rows, K] @ W.T (+ bias). Quantized W: the activation is quantized to
+    int16 per block (once per input value: the linears reading the same value share it), then
+    one integer-dot kernel serves decode (1 row) and prefill (many rows) alike."""
     K = it.K
     w = it.weights.get(op["w"]["weight"])
     bias = it.weights.get(op["w"]["bias"]) if "bias" in op["w"] else None
     src = op["in"][0]
     x, out = st.env[src], st.env[op["out"][0]]
+
+    def add_bias():
+        if bias is not None:
+            np.add(out, bias, out=out)
     if not isinstance(w, tuple):
         def run():
             np.matmul(x, w.T, out=out)
-            if bias is not None:
-                np.add(out, bias, out=out)
+            add_bias()
         return run
     fmt, d, m, qs = w
-    if x.shape[0] == 1:
-        kdim = x.shape[1]
-        fresh = src not in st.act_cache
-        if fresh:
-            nb = kdim // 32
-            st.act_cache[src] = (np.zeros((1, kdim), ACT_DTYPE), np.zeros((1, nb), np.float32),
-                                 np.zeros((1, nb), np.float32))
-        xq, xd, xs = st.act_cache[src]
-
-        def run():
-            if fresh:
-                K.quantize_act(x, xq, xd, xs)
-            K.qmatvec(fmt, xq[0], xd[0], xs[0], d, m, qs, out[0])
-            if bias is not None:
-                np.add(out, bias, out=out)
-        return run
+    fresh = src not in st.act_cache
+    if fresh:
+        rows, kdim = x.shape
+        st.act_cache[src] = (np.zeros((rows, kdim), ACT_DTYPE), np.zeros((rows, kdim // 32), np.float32),
+                             np.zeros((rows, kdim // 32), np.float32))
+    xq, xd, xs = st.act_cache[src]
 
     def run():
-        kernel_registry.qmatmul(K, fmt, x, d, m, qs, out)
-        if bias is not None:
-            np.add(out, bias, out=out)
+        if fresh:
+            K.quantize_act(x, xq, xd, xs)
+        K.qmatmul(fmt, xq, xd, xs, d, m, qs, out)
+        add_bias()
     return run
 
 

@@ -1,17 +1,12 @@
 """Compute kernels: pure compute, no I/O, no model knowledge.
 
 ``load()`` returns a backend module with the kernels (``jit``: Numba, ``ref``: NumPy twins
-with the same names and signatures, which also run under Pyodide). ``qmatmul`` is the
-NumPy-level prefill product shared by both backends.
+with the same names and signatures, which also run under Pyodide).
 """
 import importlib
 import os
-import sys
-
-import numpy as np
 
 BACKENDS = ("jit", "ref")
-_PYODIDE = sys.platform == "emscripten"
 
 
 def _numba():
@@ -41,21 +36,3 @@ def set_threads(n):
     numba = _numba()
     if numba is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-
-
-def qmatmul(K, fmt, x, d, m, qs, out, tile=None):
-    """out f32[n, N] = x f32[n, K] @ W.T for quantized W [N, K] (fmt, d, m, qs as in qmatvec):
-    `tile` rows at a time (default: about 2**20 weights, a 4 MB scratch) are dequantized with
-    K.dequant_rows into one scratch, then multiplied with np.matmul (BLAS in CPython; einsum
-    under Pyodide). The prefill path (n > 1)."""
-    N = d.shape[0]
-    tile = tile or max(1, (1 << 20) // x.shape[1])
-    scratch = np.empty((min(tile, N), x.shape[1]), np.float32)
-    rows = np.arange(N, dtype=np.int64)
-    for r0 in range(0, N, tile):
-        w = scratch[: min(tile, N - r0)]
-        K.dequant_rows(fmt, d, m, qs, rows[r0 : r0 + len(w)], w)
-        if _PYODIDE:  # no BLAS there: einsum is about 2x faster than matmul
-            np.einsum("nk,tk->nt", x, w, out=out[:, r0 : r0 + len(w)])
-        else:
-            np.matmul(x, w.T, out=out[:, r0 : r0 + len(w)])

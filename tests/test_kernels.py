@@ -46,7 +46,7 @@ def random_parts(rng, fmt, N, Kd):
 
 def test_load_and_threads(monkeypatch):
     assert set(kernels.load("ref").__all__) == {
-        "quantize_act", "qmatvec", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"}
+        "quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"}
     monkeypatch.setenv("EDGERT_KERNELS", "ref")
     assert kernels.load().__name__ == "edgert.kernels.ref"
     with pytest.raises(ValueError, match="unknown kernel backend 'gpu'"):
@@ -100,22 +100,23 @@ def test_quantize_act(K, n, Kd, adt):
 @pytest.mark.parametrize("fmt", FMTS)
 @pytest.mark.parametrize("N", [1, 7, 130])
 @pytest.mark.parametrize("Kd", [32, 96, 576])
-def test_qmatvec(K, fmt, N, Kd, adt):
-    rng = _rng("mv", fmt, N, Kd)
+@pytest.mark.parametrize("n", [1, 3, 17])
+def test_qmatmul(K, fmt, N, Kd, n, adt):
+    rng = _rng("mm", fmt, N, Kd, n)
     (code, d, m, qs), w = random_parts(rng, fmt, N, Kd)
-    x = rng.standard_normal((1, Kd)).astype(np.float32)
+    x = rng.standard_normal((n, Kd)).astype(np.float32)
     B = Kd // 32
-    xq, xd, xs = np.empty((1, Kd), adt), np.empty((1, B), np.float32), np.empty((1, B), np.float32)
+    xq, xd, xs = np.empty((n, Kd), adt), np.empty((n, B), np.float32), np.empty((n, B), np.float32)
     K.quantize_act(x, xq, xd, xs)
-    out = np.full(N, np.nan, np.float32)
-    K.qmatvec(code, xq[0], xd[0], xs[0], d, m, qs, out)
+    out = np.full((n, N), np.nan, np.float32)
+    K.qmatmul(code, xq, xd, xs, d, m, qs, out)
     # Against the dequantized activation xq * xd: only float32 rounding (relative to sum |w x|).
-    xa = (xq[0].reshape(B, 32) * xd[0].astype(np.float64)[:, None]).reshape(Kd)
-    mag = np.abs(w) @ np.abs(xa)
-    assert np.all(np.abs(out - w @ xa) <= 1e-5 * mag + 1e-30)
+    xa = (xq.reshape(n, B, 32) * xd.astype(np.float64)[..., None]).reshape(n, Kd)
+    mag = np.abs(xa) @ np.abs(w).T
+    assert np.all(np.abs(out - xa @ w.T) <= 1e-5 * mag + 1e-30)
     # Against the float activation: rounding moves each element by at most xd / 2.
-    bound = np.abs(w) @ np.repeat(xd[0].astype(np.float64) / 2, 32)
-    assert np.all(np.abs(out - w @ x[0].astype(np.float64)) <= bound * (1 + 1e-4) + 1e-5 * mag)
+    bound = np.repeat(xd.astype(np.float64) / 2, 32, axis=1) @ np.abs(w).T
+    assert np.all(np.abs(out - x.astype(np.float64) @ w.T) <= bound * (1 + 1e-4) + 1e-5 * mag)
 
 
 @pytest.mark.parametrize("fmt", FMTS)
@@ -139,17 +140,6 @@ def test_fp16_scales(K):
     out = np.empty((1, bits.shape[1] * 32), np.float32)
     K.dequant_rows(FORMATS["q8_0"], bits, np.zeros((0, 0), np.uint16), qs, np.zeros(1, np.int64), out)
     np.testing.assert_array_equal(out[0, ::32], bits[0].view(np.float16).astype(np.float32))
-
-
-@pytest.mark.parametrize("fmt", FMTS)
-@pytest.mark.parametrize("n", [3, 17])
-def test_qmatmul(K, fmt, n):
-    rng = _rng("mm", fmt, n)
-    (code, d, m, qs), w = random_parts(rng, fmt, 130, 96)
-    x = rng.standard_normal((n, 96)).astype(np.float32)
-    out = np.full((n, 130), np.nan, np.float32)
-    kernels.qmatmul(K, code, x, d, m, qs, out, tile=48)
-    np.testing.assert_allclose(out, x.astype(np.float64) @ w.T, rtol=1e-4, atol=1e-5)
 
 
 # --- norms, rope, activations -------------------------------------------------------------------
@@ -268,7 +258,7 @@ def test_attention(K, n, heads, D, n_past, causal):
 
 @pytest.mark.slow
 def test_real_smollm2_weights(K, smollm2_gguf):
-    """qmatvec and dequant_rows on SmolLM2's Q4_1 and Q8_0 tensors against gguf's dequantizer."""
+    """qmatmul and dequant_rows on SmolLM2's Q4_1 and Q8_0 tensors against gguf's dequantizer."""
     gguf = pytest.importorskip("gguf")
     from edgert.kernels.formats import from_gguf_blocks
 
@@ -295,6 +285,6 @@ def test_real_smollm2_weights(K, smollm2_gguf):
         xq, xd, xs = np.empty((1, Kd), np.int8), np.empty((1, B), np.float32), np.empty((1, B), np.float32)
         K.quantize_act(x, xq, xd, xs)
         y = np.empty(N, np.float32)
-        K.qmatvec(args[0], xq[0], xd[0], xs[0], *args[1:], y)
+        K.qmatmul(args[0], xq, xd, xs, *args[1:], y[None])
         xa = (xq[0].reshape(B, 32) * xd[0].astype(np.float64)[:, None]).reshape(Kd)
         assert np.all(np.abs(y - w @ xa) <= 1e-5 * (np.abs(w) @ np.abs(xa))), t.name

@@ -3,8 +3,8 @@
 Threading: the OpenMP layer is selected when Numba has it (a parallel region launches in a
 few microseconds, against tens with workqueue), unless NUMBA_THREADING_LAYER chose one.
 GOMP_SPINCOUNT defaults to 1000 (about 20-40 us of spinning after each region, instead of
-libgomp's 300000): with the default, the idle OpenMP workers spin while OpenBLAS runs the
-prefill matmuls, and qmatmul (dequant tiles + BLAS) ran 10-40x slower here. Both settings
+libgomp's 300000): with libgomp's default, idle OpenMP workers kept spinning while OpenBLAS
+ran float matmuls in the same process, which then ran 10-40x slower here. Both settings
 take effect only if libgomp is not loaded yet in the process.
 """
 import os
@@ -23,7 +23,7 @@ if numba.config.THREADING_LAYER == "default":
 from .activation import silu_mul, softmax  # noqa: E402
 from .attention import attention  # noqa: E402
 from .norm import rms_norm  # noqa: E402
-from .quant import dequant_rows, qmatvec, quantize_act  # noqa: E402
+from .quant import dequant_rows, qmatmul, quantize_act  # noqa: E402
 from .rope import rope  # noqa: E402
 
-__all__ = ["quantize_act", "qmatvec", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"]
+__all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"]

@@ -91,30 +91,34 @@ def quantize_act(x, xq, xd, xs):
 
 
 @njit(cache=True, nogil=True, fastmath=True, parallel=True)
-def qmatvec(fmt, xq, xd, xs, d, m, qs, out):
-    """out f32[N] = W @ (activation), W quantized [N, K] in format `fmt` (d, m: uint16 fp16
-    bits [N, B], m (0, 0) unless q4_1; qs C-contiguous), activation xq i8 or i16 [K] with xd, xs f32[B]
-    from quantize_act. Per block: s = int32 dot of the unsigned weight codes with xq, then
-    q4_0: d * (xd * s - 8 * xs); q4_1: d * xd * s + m * xs; q8_0: d * xd * s."""
+def qmatmul(fmt, xq, xd, xs, d, m, qs, out):
+    """out f32[n, N] = activation [n, K] @ W.T, W quantized [N, K] in format `fmt` (d, m:
+    uint16 fp16 bits [N, B], m (0, 0) unless q4_1; qs C-contiguous), activation xq i8 or i16
+    [n, K] (C-contiguous) with xd, xs f32[n, B] from quantize_act. Per block: s = int32 dot of
+    the unsigned weight codes with xq, then q4_0: d * (xd * s - 8 * xs); q4_1: d * xd * s +
+    m * xs; q8_0: d * xd * s. Decode is n = 1; for n > 1 each weight row is read from memory
+    once and stays in L1 while every token's activation passes over it."""
     N, nb = d.shape
-    if qs.size != N * nb * (32 if fmt == Q8_0 else 16) or xq.size != nb * 32:
-        raise ValueError("qmatvec: qs or xq shape does not match d and fmt")
+    n, K = xq.shape
+    if qs.size != N * nb * (32 if fmt == Q8_0 else 16) or K != nb * 32 or out.shape != (n, N):
+        raise ValueError("qmatmul: qs, xq or out shape does not match d and fmt")
     stride = 32 if fmt == Q8_0 else 16
     for r in prange(N):
-        acc = np.float32(0)
-        for b in range(nb):
-            s = xd[b] * np.float32(_block_dot(qs, (r * nb + b) * stride, xq, b * 32))
-            acc += _f16(d[r, b]) * (s - np.float32(8) * xs[b] if fmt == Q4_0 else s)
-        if fmt == Q4_1:  # a loop of its own: folding it into the one above slows both
+        for t in range(n):
+            acc = np.float32(0)
             for b in range(nb):
-                acc += _f16(m[r, b]) * xs[b]
-        out[r] = acc
+                s = xd[t, b] * np.float32(_block_dot(qs, (r * nb + b) * stride, xq, t * K + b * 32))
+                acc += _f16(d[r, b]) * (s - np.float32(8) * xs[t, b] if fmt == Q4_0 else s)
+            if fmt == Q4_1:  # a loop of its own: folding it into the one above slows both
+                for b in range(nb):
+                    acc += _f16(m[r, b]) * xs[t, b]
+            out[t, r] = acc
 
 
 @njit(cache=True, nogil=True, fastmath=True, parallel=True)
 def dequant_rows(fmt, d, m, qs, rows, out):
     """out f32[r, K] = rows `rows` (int64 [r]) of the quantized matrix (d, m, qs [N, B, 16 or 32]
-    as in qmatvec). Bit-exact with formats.dequantize."""
+    as in qmatmul). Bit-exact with formats.dequantize."""
     nb, lanes = d.shape[1], qs.shape[2]
     if lanes != (32 if fmt == Q8_0 else 16):
         raise ValueError("dequant_rows: qs shape does not match fmt")

@@ -3,7 +3,7 @@
 from .activation import silu_mul, softmax
 from .attention import attention
 from .norm import rms_norm
-from .quant import dequant_rows, qmatvec, quantize_act
+from .quant import dequant_rows, qmatmul, quantize_act
 from .rope import rope
 
-__all__ = ["quantize_act", "qmatvec", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"]
+__all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"]

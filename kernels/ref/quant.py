@@ -4,12 +4,15 @@ fp16 scales arrive as uint16 bit views; they are widened through a 65536-entry f
 built once at import (Pyodide converts float16 in software, so a gather is much cheaper
 than ``.view(np.float16).astype(np.float32)`` per call).
 """
+import sys
+
 import numpy as np
 
 from ..formats import Q4_0, Q4_1, Q8_0
 
 _F16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-_CHUNK = 1 << 20  # weight codes per qmatvec step: bounds the float temporaries to a few MB
+_CHUNK = 1 << 20  # weights per qmatmul step: bounds the float temporaries to a few MB
+_PYODIDE = sys.platform == "emscripten"
 
 
 def quantize_act(x, xq, xd, xs):
@@ -28,12 +31,17 @@ def quantize_act(x, xq, xd, xs):
     np.multiply(xd, q.sum(axis=-1), out=xs)
 
 
-def qmatvec(fmt, xq, xd, xs, d, m, qs, out):
-    """out f32[N] = W @ (activation), W quantized [N, K] (d, m: uint16 fp16 bits [N, B], m
-    (0, 0) unless q4_1), activation xq i8 or i16 [K] with xd, xs f32[B]. Same math as the Numba
-    kernel: per block the integer dot s of the unsigned codes with xq (in float32: exact for
-    int8 activations, whose partial sums stay below 2**24), then
-    q4_0: d * (xd * s - 8 * xs); q4_1: d * xd * s + m * xs; q8_0: d * xd * s."""
+def qmatmul(fmt, xq, xd, xs, d, m, qs, out):
+    """out f32[n, N] = activation [n, K] @ W.T, W quantized [N, K] (d, m: uint16 fp16 bits
+    [N, B], m (0, 0) unless q4_1), activation xq i8 or i16 [n, K] with xd, xs f32[n, B]; the
+    Numba kernel's math up to float rounding. n == 1 (decode): per block the dot s of the
+    unsigned codes with xq, in float32, then q4_0: d * (xd * s - 8 * xs); q4_1: d * xd * s +
+    m * xs; q8_0: d * xd * s. n > 1: row tiles are dequantized and multiplied with the
+    dequantized activation xq * xd (np.matmul with BLAS; np.einsum under Pyodide, which has none)."""
+    if xq.shape[0] > 1:
+        _qmatmul_tiles(fmt, xq, xd, d, m, qs, out)
+        return
+    xs, xd, out = xs[0], xd[0], out[0]
     N, nb = d.shape
     x = xq.reshape(nb, 32).astype(np.float32)
     # byte P = lo + 16 hi, so lo.x_lo + hi.x_hi = P.x_lo + hi.(x_hi - 16 x_lo): no mask pass.
@@ -55,9 +63,27 @@ def qmatvec(fmt, xq, xd, xs, d, m, qs, out):
             out[r0:r1] += np.einsum("rb,b->r", _F16[m[r0:r1]], xs)
 
 
+def _qmatmul_tiles(fmt, xq, xd, d, m, qs, out, tile=None):
+    """qmatmul for n > 1: `tile` weight rows at a time (default about 2**20 weights, a 4 MB
+    scratch) dequantized, then one float product with all n activations."""
+    n, K = xq.shape
+    N = d.shape[0]
+    x = (xq.reshape(n, K // 32, 32) * xd[..., None]).reshape(n, K).astype(np.float32)
+    tile = tile or max(1, _CHUNK // K)
+    scratch = np.empty((min(tile, N), K), np.float32)
+    rows = np.arange(N, dtype=np.int64)
+    for r0 in range(0, N, tile):
+        w = scratch[: min(tile, N - r0)]
+        dequant_rows(fmt, d, m, qs, rows[r0: r0 + len(w)], w)
+        if _PYODIDE:
+            np.einsum("nk,tk->nt", x, w, out=out[:, r0: r0 + len(w)])
+        else:
+            np.matmul(x, w.T, out=out[:, r0: r0 + len(w)])
+
+
 def dequant_rows(fmt, d, m, qs, rows, out):
     """out f32[r, K] = rows `rows` (int64 [r]) of the quantized matrix (d, m, qs [N, B, 16 or 32]
-    as in qmatvec). Bit-exact with formats.dequantize."""
+    as in qmatmul). Bit-exact with formats.dequantize."""
     r = len(rows)
     nb = d.shape[1]
     w = out.reshape(r, nb, 32)
