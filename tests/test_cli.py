@@ -105,3 +105,24 @@ def test_prompt_longer_than_context(tmp_path, smollm2_gguf):
     assert_clean_failure(edgert("run", out, "--ctx", "64", "--prompt", "word " * 200, "-n", "4"), "context holds 64")
     r = edgert("convert", smollm2_gguf, "-o", out)
     assert_clean_failure(r, "--force")
+
+
+@pytest.mark.slow
+def test_convert_info_run_perplexity(tmp_path, smollm2_gguf):
+    out = tmp_path / "s.edge"
+    r = edgert("convert", smollm2_gguf, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "q4_1" in r.stderr and not r.stdout
+    r = edgert("info", out)
+    assert r.returncode == 0, r.stderr
+    assert "llama: 30 layers" in r.stdout and "q8_0" in r.stdout and "ops" in r.stdout
+    r = edgert("run", out, "--prompt", "The capital of France is", "--temperature", "0", "-n", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("The capital of France is Paris")
+    assert "prefill" in r.stderr and "decode" in r.stderr and "tok/s" in r.stderr
+    text = tmp_path / "t.txt"
+    text.write_text("The cat sat on the mat. The dog sat on the log. " * 20)
+    r = edgert("perplexity", out, "--file", text)
+    assert r.returncode == 0, r.stderr
+    ppl = float(r.stdout.split()[1])
+    assert 1.0 < ppl < 20.0  # a repeated sentence is easy to predict
