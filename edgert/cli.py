@@ -118,7 +118,7 @@ def cmd_pull(args) -> int:
 
 
 def _add_runtime_options(p):
-    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores but one, at least 1)")
     p.add_argument("--ctx", type=int, default=None, help="context length in tokens (default: the model's, at most 8192)")
     p.add_argument("--backend", choices=["jit", "ref"], default=None,
                    help="kernels: jit (Numba, default) or ref (NumPy twins)")

@@ -29,7 +29,7 @@ DEFAULT_CONTEXT = 8192
 class Model:
     """A language model from an .edge file.
 
-    threads: compute threads (default: all cores); backend: "jit" (Numba) or "ref" (NumPy
+    threads: compute threads (default: all cores but one); backend: "jit" (Numba) or "ref" (NumPy
     twins), default jit when Numba is installed; context: KV cache length in tokens (default
     the model's, at most 8192; memory is committed only as positions fill).
     """
@@ -48,8 +48,7 @@ class Model:
         except (KeyError, TypeError, ValueError) as e:
             raise EdgeError(f"{self.path} is corrupt: bad model header ({e!r})") from None
         self.chat_template = h.get("chat_template")
-        if threads:
-            kernels.set_threads(threads)
+        kernels.set_threads(threads or kernels.default_threads())
         self.interpreter = Interpreter(program, self.edge, backend)
         limit = int(self.config["context_length"])
         self.context = min(context or min(limit, DEFAULT_CONTEXT), limit)
