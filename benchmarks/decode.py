@@ -58,8 +58,7 @@ def run_edgert(name: str, threads: int, n_prompt: int, n_decode: int) -> dict:
 
     import edgert
 
-    gguf = gguf_path(name)
-    path = edge_path(name, gguf)
+    path = edge_path(name, gguf_path(name))
     t0 = time.perf_counter()
     m = edgert.load(path, threads=threads)
     load_s = time.perf_counter() - t0
@@ -119,7 +118,7 @@ def main() -> None:
     engines = ["edgert"] + ([args.peer] if args.peer else [])
     results = []
     for model in args.models:
-        gguf_path(model)
+        edge_path(model, gguf_path(model))  # fetch and convert here, not inside a measured process
         for threads in args.threads:
             for engine in engines:
                 cmd = [sys.executable, __file__, "--one", engine, model, str(threads),
