@@ -6,7 +6,7 @@ import os
 from edgert.errors import EdgeError
 
 
-def convert(src: str, out: str, quant: str = "q4_0", force: bool = False, progress: bool = True) -> dict:
+def convert(src: str, out: str, quant: str = "q4_1", force: bool = False, progress: bool = True) -> dict:
     """Convert `src` (a GGUF file) to the .edge file `out`; returns a summary dict."""
     if not os.path.isfile(src):
         raise EdgeError(f"no such file: {src}")

@@ -2,8 +2,9 @@
 
 Tensors whose GGUF type edgert runs natively (Q4_0, Q4_1, Q8_0) are kept bit for bit, only
 split into the .edge part layout. Other types (Q4_K, Q5_0, Q6_K, F16, ...) are dequantized
-with the gguf package and requantized to the format the user picked; the error of each is
-reported (relative RMS and max abs). 1-D tensors (norms, biases) are stored as float32.
+with the gguf package and requantized by convert/requant.py: an error-minimising search in
+the user's format, with the roles that 4 bits hurt most (attention, ffn_up/down, output
+head) in q8_0; each tensor's error is reported. 1-D tensors (norms, biases) stay float32.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from edgert.format import write_edge
 from edgert.kernels import formats
 from edgert.tokenizer import tokenizer_dict_from_gguf
 
+from . import requant
 from .gguf_file import open_gguf
 from .models import llama
 
@@ -51,15 +53,12 @@ def _plan_tensor(t, quant: str):
 
     def requantize():
         w = gguf.quants.dequantize(t.data, qtype).reshape(shape).astype(np.float32)
-        parts = formats.quantize(w, quant)
-        err = formats.dequantize(parts, quant) - w
-        rel = float(np.sqrt(np.mean(err.astype(np.float64) ** 2) / max(np.mean(w.astype(np.float64) ** 2), 1e-30)))
-        requantize.stats = f"{gtype} -> {quant}: rel RMS error {rel:.4f}, max abs {float(np.abs(err).max()):.4g}"
+        _, parts, requantize.stats = requant.requantize(t.name, gtype, w, quant)
         return parts
-    return t.name, quant, shape, requantize, "requantize"
+    return t.name, requant.target_format(t.name, gtype, quant), shape, requantize, "requantize"
 
 
-def convert_gguf(src: str, out: str, quant: str = "q4_0", force: bool = False, progress: bool = True) -> dict:
+def convert_gguf(src: str, out: str, quant: str = "q4_1", force: bool = False, progress: bool = True) -> dict:
     """Convert a GGUF LLM to .edge at `out`; returns a summary dict."""
     if quant not in QUANT_CHOICES:
         raise EdgeError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANT_CHOICES)}")

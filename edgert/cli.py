@@ -144,8 +144,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a GGUF model to .edge")
     p.add_argument("source")
     p.add_argument("-o", "--output", help="output .edge path (default: beside the source)")
-    p.add_argument("--quant", default="q4_0", choices=["q4_0", "q4_1", "q8_0"],
-                   help="format for tensors edgert does not run natively (kept formats are lossless)")
+    p.add_argument("--quant", default="q4_1", choices=["q4_0", "q4_1", "q8_0"],
+                   help="format for tensors edgert does not run natively; with q4_0/q4_1 the attention, "
+                        "ffn_up/ffn_down and output weights get q8_0 (kept formats are lossless)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_convert)
 
