@@ -28,10 +28,6 @@ class KVCache:
         self.k, self.v = list(self.block[0]), list(self.block[1])
         self.length = 0
 
-    def truncate(self, length: int) -> None:
-        """Forget every position from `length` on (their slots are overwritten later)."""
-        self.length = min(self.length, length)
-
     @property
     def nbytes(self) -> int:
         return self.block.nbytes

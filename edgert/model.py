@@ -162,12 +162,3 @@ class Model:
         logz = np.log(np.exp(logits - mx).sum(axis=1)) + mx[:, 0]
         nll = logz - logits[np.arange(ids.size - 1), ids[1:]]
         return float(np.exp(nll.mean()))
-
-    def info(self) -> dict:
-        h = self.edge.header
-        dtypes: dict = {}
-        for t in h["tensors"].values():
-            dtypes[t["dtype"]] = dtypes.get(t["dtype"], 0) + 1
-        return {"path": self.path, "file_bytes": self.edge.size, "kind": h["kind"], "config": self.config,
-                "tensors": len(h["tensors"]), "tensor_dtypes": dtypes, "ops": len(h["program"]["ops"]),
-                "source": h.get("source", {}), "kernels": self.interpreter.K.__name__}
