@@ -1,8 +1,9 @@
 """Runs a program: each op resolved to its kernel once at load, buffers planned per shape.
 
-Interpreter(program, weights, kernels).step(tokens, pos, cache, rows) runs one step over n
-new tokens (prefill n > 1, decode n = 1, tree verification with a mask) and returns the
-output rows: the last token's logits (rows="last") or every token's (rows="all").
+Interpreter(program, edge, backend).step(tokens, pos, cache, rows) runs one language-model
+step over n new tokens (prefill n > 1, decode n = 1, tree verification with a mask) and
+returns the output rows: the last token's logits (rows="last") or every token's
+(rows="all"). Interpreter.run(feeds, dims) runs any program (no KV cache) on named inputs.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .program import concrete, plan_buffers, validate
 # integer dot products cost about the same, and the logits stay within float rounding of
 # the float path, so greedy decoding follows the reference model token for token.
 ACT_DTYPE = np.int16
+_DTYPES = {"i64": np.int64, "f32": np.float32}
 
 
 class Weights:
@@ -44,14 +46,14 @@ class Weights:
 class _Step:
     """Bound callables for one (n, m) shape: run() executes the op list once."""
 
-    def __init__(self, interp: "Interpreter", n: int, m: int):
-        dims = {"n": n, "m": m}
+    def __init__(self, interp: "Interpreter", dims: dict):
+        n = dims.get("n", 1)
         prog = interp.program
         slot_of, cap = plan_buffers(prog, dims)
         arena = [np.empty(c, np.float32) for c in cap]
-        self.tokens = np.zeros(n, np.int64)
-        self.pos = np.zeros(n, np.int64)
-        env = {"tokens": self.tokens, "pos": self.pos}
+        self.inputs = {name: np.zeros(concrete(spec["shape"], dims), _DTYPES[spec["dtype"]])
+                       for name, spec in prog["inputs"].items()}
+        env = dict(self.inputs)
         for v, s in slot_of.items():
             shape = concrete(prog["values"][v], dims)
             env[v] = arena[s][: int(np.prod(shape))].reshape(shape)
@@ -82,19 +84,41 @@ class Interpreter:
         n = len(tokens)
         if cache.length + n > cache.capacity:
             raise EdgeError(f"context full: {cache.length} + {n} tokens exceed the context of {cache.capacity}")
-        key = (n, 1 if rows == "last" else n)
-        st = self._steps.get(key)
-        if st is None:
-            if len(self._steps) >= 4:
-                self._steps.pop(next(iter(self._steps)))
-            st = self._steps[key] = _Step(self, *key)
-        st.tokens[:] = tokens
-        st.pos[:] = pos
+        st = self._step_for({"n": n, "m": 1 if rows == "last" else n})
+        st.inputs["tokens"][:] = tokens
+        st.inputs["pos"][:] = pos
         st.mask = np.zeros((0, 0), np.bool_) if mask is None else np.ascontiguousarray(mask, np.bool_)
         self.cache = cache
         st.run()
         cache.length += n
         return st.outputs[0]
+
+    def run(self, feeds: dict, dims: dict | None = None) -> list:
+        """Run a program without KV cache: feeds {input name: array} (every declared input),
+        dims the sizes of symbolic dimensions. Returns the outputs (views into the arena)."""
+        st = self._step_for(dict(dims or {}))
+        missing = set(st.inputs) - set(feeds)
+        if missing:
+            raise EdgeError(f"missing input(s): {', '.join(sorted(missing))}")
+        for name, arr in feeds.items():
+            if name not in st.inputs:
+                raise EdgeError(f"unknown input {name!r}; the model takes: {', '.join(st.inputs)}")
+            arr = np.asarray(arr)
+            if arr.shape != st.inputs[name].shape:
+                raise EdgeError(f"input {name!r} has shape {arr.shape}; expected {st.inputs[name].shape}")
+            st.inputs[name][...] = arr
+        st.run()
+        return st.outputs
+
+    def _step_for(self, dims: dict) -> "_Step":
+        """The bound step for these dims (at most 4 kept)."""
+        key = tuple(sorted(dims.items()))
+        st = self._steps.get(key)
+        if st is None:
+            if len(self._steps) >= 4:
+                self._steps.pop(next(iter(self._steps)))
+            st = self._steps[key] = _Step(self, dims)
+        return st
 
     def bind(self, op: dict, st: _Step):
         """Resolve op to a zero-argument callable over the step's buffers."""
@@ -155,7 +179,7 @@ def _bind_rope(it, op, st):
     x, out = st.env[op["in"][0]], st.env[op["out"][0]]
     n, hd = x.shape[0], int(a["head_dim"])
     x3, o3 = x.reshape(n, -1, hd), out.reshape(n, -1, hd)
-    theta, neox, pos = float(a["theta"]), bool(a["neox"]), st.pos
+    theta, neox, pos = float(a["theta"]), bool(a["neox"]), st.inputs["pos"]
     return lambda: it.K.rope(x3, pos, theta, neox, o3)
 
 
