@@ -5,6 +5,8 @@ split into the .edge part layout. Other types (Q4_K, Q5_0, Q6_K, F16, ...) are d
 with the gguf package and requantized by convert/requant.py: an error-minimising search in
 the user's format, with the roles that 4 bits hurt most (attention, ffn_up/down, output
 head) in q8_0; each tensor's error is reported. 1-D tensors (norms, biases) stay float32.
+Per layer, q/k/v and gate/up weights of one dtype are stored concatenated by rows
+(attn_qkv, ffn_gate_up; biases likewise), so that one kernel call computes them together.
 """
 from __future__ import annotations
 
@@ -58,6 +60,54 @@ def _plan_tensor(t, quant: str):
     return t.name, requant.target_format(t.name, gtype, quant), shape, requantize, "requantize"
 
 
+# tensors stored concatenated by rows, so that one product serves them all
+FUSED = {"attn_qkv": ("attn_q", "attn_k", "attn_v"), "ffn_gate_up": ("ffn_gate", "ffn_up")}
+
+
+def _concat(producers):
+    """Producer of the row concatenation of float arrays or quantized parts dicts."""
+    def produce():
+        got = [p() for p in producers]
+        notes = [str(p.stats) for p in producers if getattr(p, "stats", None)]
+        if notes:
+            produce.stats = "; ".join(notes)
+        if isinstance(got[0], dict):
+            return {k: np.concatenate([g[k] for g in got]) for k in got[0]}
+        return np.concatenate(got)
+    return produce
+
+
+def _fuse(plans: list) -> list:
+    """Replace each layer's q/k/v (and gate/up) weight plans by one concatenated plan when they
+    share a dtype, and their biases (if any) by one bias; the fused plan takes the place of
+    the first member."""
+    by_name = {p[0]: p for p in plans}
+    replace, drop = {}, set()
+    for name in by_name:
+        parts = name.split(".")
+        if parts[0] != "blk" or len(parts) != 4 or parts[3] != "weight":
+            continue
+        for fused, members in FUSED.items():
+            if parts[2] != members[0]:
+                continue
+            stem = f"blk.{parts[1]}."
+            ws = [by_name.get(f"{stem}{m}.weight") for m in members]
+            if any(w is None for w in ws) or len({(w[1], w[2][1]) for w in ws}) != 1:
+                continue
+            rows = sum(w[2][0] for w in ws)
+            replace[ws[0][0]] = (f"{stem}{fused}.weight", ws[0][1], [rows, ws[0][2][1]],
+                                 _concat([w[3] for w in ws]), ws[0][4])
+            drop.update(w[0] for w in ws[1:])
+            bs = [by_name.get(f"{stem}{m}.bias") for m in members]
+            if any(bs):
+                zeros = [(lambda r=w[2][0]: np.zeros(r, np.float32)) for w in ws]
+                present = [b for b in bs if b is not None]
+                replace[present[0][0]] = (f"{stem}{fused}.bias", "f32", [rows],
+                                          _concat([b[3] if b else z for b, z in zip(bs, zeros)]), None)
+                drop.update(b[0] for b in present[1:])
+    return [replace.get(p[0], p) for p in plans if p[0] not in drop]
+
+
 def convert_gguf(src: str, out: str, quant: str = "q4_1", force: bool = False, progress: bool = True) -> dict:
     """Convert a GGUF LLM to .edge at `out`; returns a summary dict."""
     if quant not in QUANT_CHOICES:
@@ -65,8 +115,9 @@ def convert_gguf(src: str, out: str, quant: str = "q4_1", force: bool = False, p
     if os.path.exists(out) and not force:
         raise EdgeError(f"{out} exists; pass --force to overwrite it")
     reader, meta = open_gguf(src)
-    names = [t.name for t in reader.tensors]
-    cfg = llama.config_from_gguf(meta, names)
+    cfg = llama.config_from_gguf(meta, [t.name for t in reader.tensors])
+    plans = _fuse([_plan_tensor(t, quant) for t in reader.tensors])
+    names = [p[0] for p in plans]
     header = {
         "kind": "llm",
         "config": cfg,
@@ -76,7 +127,6 @@ def convert_gguf(src: str, out: str, quant: str = "q4_1", force: bool = False, p
         "source": {"format": "gguf", "file": os.path.basename(src), "name": meta.get("general.name"),
                    "quant": quant, "converter": f"edgert {__version__}"},
     }
-    plans = [_plan_tensor(t, quant) for t in reader.tensors]
     bar = None
     if progress:
         from tqdm import tqdm

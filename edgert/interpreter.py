@@ -175,31 +175,44 @@ def _bind_linear(it, op, st):
 
 
 def _bind_rope(it, op, st):
+    """Rotates the first `heads` heads of each row (default: all); other columns are copied."""
     a = op["attrs"]
     x, out = st.env[op["in"][0]], st.env[op["out"][0]]
     n, hd = x.shape[0], int(a["head_dim"])
-    x3, o3 = x.reshape(n, -1, hd), out.reshape(n, -1, hd)
+    width = int(a.get("heads", x.shape[1] // hd)) * hd
+    x3, o3 = x[:, :width].reshape(n, -1, hd), out[:, :width].reshape(n, -1, hd)
     theta, neox, pos = float(a["theta"]), bool(a["neox"]), st.inputs["pos"]
-    return lambda: it.K.rope(x3, pos, theta, neox, o3)
+    if width == x.shape[1] or np.shares_memory(x, out):
+        return lambda: it.K.rope(x3, pos, theta, neox, o3)
+
+    def run():
+        np.copyto(out[:, width:], x[:, width:])
+        it.K.rope(x3, pos, theta, neox, o3)
+    return run
+
+
+def _split_heads(vals, attrs):
+    """q, k, v views [n, heads, head_dim] from three values or one fused qkv value."""
+    hd = int(attrs["head_dim"])
+    if len(vals) == 3:
+        return [v.reshape(v.shape[0], -1, hd) for v in vals]
+    qkv = vals[0]
+    n, nq, nkv = qkv.shape[0], int(attrs["n_head"]) * hd, int(attrs["n_kv_head"]) * hd
+    return [qkv[:, a:b].reshape(n, -1, hd) for a, b in ((0, nq), (nq, nq + nkv), (nq + nkv, nq + 2 * nkv))]
 
 
 def _bind_attention(it, op, st):
-    """Writes the new tokens' K/V into the cache, then attends over it."""
+    """Stores the new tokens' K/V in the cache and attends over it (one kernel call)."""
     a = op["attrs"]
-    layer, hd = int(a["layer"]), int(a["head_dim"])
-    q, k, v = (st.env[name] for name in op["in"])
+    layer = int(a["layer"])
+    q, k, v = _split_heads([st.env[name] for name in op["in"]], a)
     out = st.env[op["out"][0]]
-    n = q.shape[0]
-    q3, o3 = q.reshape(n, -1, hd), out.reshape(n, -1, hd)
-    k3, v3 = k.reshape(n, -1, hd), v.reshape(n, -1, hd)
+    o3 = out.reshape(out.shape[0], -1, int(a["head_dim"]))
     scale = float(a["scale"])
 
     def run():
         c = it.cache
-        p = c.length
-        c.k[layer][:, p:p + n] = k3.transpose(1, 0, 2)
-        c.v[layer][:, p:p + n] = v3.transpose(1, 0, 2)
-        it.K.attention(q3, c.k[layer], c.v[layer], p, st.mask, scale, o3)
+        it.K.attention(q, k, v, c.k[layer], c.v[layer], c.length, st.mask, scale, o3)
     return run
 
 
@@ -210,8 +223,10 @@ def _bind_add(it, op, st):
 
 
 def _bind_silu_mul(it, op, st):
-    g, u = (st.env[name] for name in op["in"])
+    """silu(g) * u from two values, or from the halves of one fused gate/up value."""
+    vals = [st.env[name] for name in op["in"]]
     out = st.env[op["out"][0]]
+    g, u = vals if len(vals) == 2 else (vals[0][:, :out.shape[1]], vals[0][:, out.shape[1]:])
     return lambda: it.K.silu_mul(g, u, out)
 
 

@@ -74,7 +74,7 @@ def plan_buffers(program: dict, dims: dict) -> tuple[dict, list]:
     """Assign every op output a slot: returns ({value: slot}, [slot capacity in elements]).
 
     Greedy in op order: an output takes over its first input's slot when the op may run in
-    place and that input dies here; otherwise the smallest free slot that fits (grown if none
+    place, that input dies here and has the output's shape; otherwise the smallest free slot that fits (grown if none
     fits). Outputs named in program["outputs"] are never freed; values never read are freed
     at once.
     """
@@ -91,7 +91,8 @@ def plan_buffers(program: dict, dims: dict) -> tuple[dict, list]:
             for s in concrete(program["values"][out], dims):
                 size *= s
             first = op["in"][0] if op["in"] else None
-            if op["op"] in INPLACE_OPS and first in dying and op["in"].count(first) == 1:
+            if (op["op"] in INPLACE_OPS and first in dying and op["in"].count(first) == 1
+                    and program["values"][first] == program["values"][out]):
                 slot = slot_of[first]
                 dying.remove(first)
             elif free:

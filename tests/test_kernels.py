@@ -1,6 +1,8 @@
 """Kernels, both backends (jit = Numba, ref = NumPy twins), against float64 references written
 here (not with the code under test), on odd shapes."""
 import importlib.util
+import os
+import subprocess
 import sys
 import zlib
 
@@ -96,12 +98,38 @@ def test_quantize_act(K, n, Kd, adt):
     np.testing.assert_allclose(xs, amax / qmax * xq.reshape(n, B, 32).sum(axis=-1), rtol=1e-6, atol=1e-30)
 
 
+def _qmatmul_routes():
+    """(name, qmatmul) for the NumPy twin and every Numba instruction route this host runs."""
+    routes = [("ref", kernels.load("ref").qmatmul)]
+    if HAS_NUMBA:
+        from edgert.kernels.jit import quant
+
+        routes.append(("jit-portable", quant.QMATMUL[quant.PORTABLE]))
+        if quant.isa() == quant.X86_AVX2:
+            routes.append(("jit-avx2", quant.QMATMUL[quant.X86_AVX2]))
+    return routes
+
+
+def test_isa_switch():
+    """EDGERT_ISA=portable forces the generic route at import (the one ARM takes)."""
+    pytest.importorskip("numba", reason="the instruction routes are Numba's")
+    code = "from edgert.kernels import jit; print(jit.ISA, jit.qmatmul is jit.QMATMUL[0])"
+    env = dict(os.environ, EDGERT_ISA="portable")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "True"]
+
+
 @pytest.mark.parametrize("adt", ACT_DTYPES)
 @pytest.mark.parametrize("fmt", FMTS)
 @pytest.mark.parametrize("N", [1, 7, 130])
 @pytest.mark.parametrize("Kd", [32, 96, 576])
-@pytest.mark.parametrize("n", [1, 3, 17])
-def test_qmatmul(K, fmt, N, Kd, n, adt):
+@pytest.mark.parametrize("n", [1, 3, 4, 9])
+@pytest.mark.parametrize("route", [r for r, _ in _qmatmul_routes()])
+def test_qmatmul(fmt, N, Kd, n, adt, route):
+    """Every route (NumPy twin, Numba portable and AVX2) on 1 token (decode), whole tiles of 4
+    tokens and a remainder."""
+    K = kernels.load("ref")
+    qmatmul = dict(_qmatmul_routes())[route]
     rng = _rng("mm", fmt, N, Kd, n)
     (code, d, m, qs), w = random_parts(rng, fmt, N, Kd)
     x = rng.standard_normal((n, Kd)).astype(np.float32)
@@ -109,7 +137,7 @@ def test_qmatmul(K, fmt, N, Kd, n, adt):
     xq, xd, xs = np.empty((n, Kd), adt), np.empty((n, B), np.float32), np.empty((n, B), np.float32)
     K.quantize_act(x, xq, xd, xs)
     out = np.full((n, N), np.nan, np.float32)
-    K.qmatmul(code, xq, xd, xs, d, m, qs, out)
+    qmatmul(code, xq, xd, xs, d, m, qs, out)
     # Against the dequantized activation xq * xd: only float32 rounding (relative to sum |w x|).
     xa = (xq.reshape(n, B, 32) * xd.astype(np.float64)[..., None]).reshape(n, Kd)
     mag = np.abs(xa) @ np.abs(w).T
@@ -241,17 +269,22 @@ def test_attention(K, n, heads, D, n_past, causal):
     H, Hkv = heads
     rng = _rng("att", n, H, D, n_past, causal)
     T = n_past + n + 4
-    q = rng.standard_normal((n, H, D)).astype(np.float32)
-    k = rng.standard_normal((Hkv, T, D)).astype(np.float32)
-    v = rng.standard_normal((Hkv, T, D)).astype(np.float32)
-    k[:, n_past + n :] = np.nan  # beyond the filled cache: must not be read
-    v[:, n_past + n :] = np.nan
+    qkv = rng.standard_normal((n, (H + 2 * Hkv) * D)).astype(np.float32)  # one fused row per token
+    q = qkv[:, : H * D].reshape(n, H, D)
+    k = qkv[:, H * D : (H + Hkv) * D].reshape(n, Hkv, D)
+    v = qkv[:, (H + Hkv) * D :].reshape(n, Hkv, D)
+    k_cache = rng.standard_normal((Hkv, T, D)).astype(np.float32)
+    v_cache = rng.standard_normal((Hkv, T, D)).astype(np.float32)
+    k_cache[:, n_past:], v_cache[:, n_past:] = np.nan, np.nan  # new rows written by the kernel; beyond unread
     mask = np.zeros((0, 0), np.bool_) if causal else tree_mask(rng, n)
     visible = np.tril(np.ones((n, n), np.bool_)) if causal else mask
     scale = 1 / np.sqrt(D)
     out = np.full((n, H, D), np.nan, np.float32)
-    K.attention(q, k, v, n_past, mask, scale, out)
-    np.testing.assert_allclose(out, attention64(q, k, v, n_past, visible, scale), rtol=1e-4, atol=1e-5)
+    K.attention(q, k, v, k_cache, v_cache, n_past, mask, scale, out)
+    np.testing.assert_array_equal(k_cache[:, n_past : n_past + n], k.transpose(1, 0, 2))
+    np.testing.assert_array_equal(v_cache[:, n_past : n_past + n], v.transpose(1, 0, 2))
+    assert np.isnan(k_cache[:, n_past + n :]).all() and np.isnan(v_cache[:, n_past + n :]).all()
+    np.testing.assert_allclose(out, attention64(q, k_cache, v_cache, n_past, visible, scale), rtol=1e-4, atol=1e-5)
 
 
 # --- real weights ---------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The llama decoder family: llama (SmolLM2) and qwen2 (Qwen2.5: QKV bias, NEOX rope).
 
 config_from_gguf reads the GGUF metadata into a config dict; build_program lowers one
-decoder step over n new tokens to an op list.
+decoder step over n new tokens to an op list. Where the converter fused q/k/v (attn_qkv) or
+gate/up (ffn_gate_up) into one tensor, one product serves them; the ops that follow read the
+fused value's column ranges.
 """
 from __future__ import annotations
 
@@ -67,19 +69,28 @@ def build_program(cfg: dict, tensor_names) -> dict:
         return b.emit("rms_norm", [x], [rows, d], w={"weight": tensor}, stem="h", eps=cfg["norm_eps"])
 
     rope = dict(head_dim=hd, theta=cfg["rope_theta"], neox=cfg["rope_neox"])
+    heads = dict(n_head=cfg["n_head"], n_kv_head=cfg["n_kv_head"])
     x = b.emit("embed", [tokens], ["n", d], w={"weight": "token_embd.weight"}, stem="x")
     for layer in range(cfg["n_layers"]):
         p = f"blk.{layer}."
         h = norm(x, p + "attn_norm.weight")
-        q = b.emit("rope", [linear(h, "q", p + "attn_q", qdim)], ["n", qdim], stem="q", **rope)
-        k = b.emit("rope", [linear(h, "k", p + "attn_k", kvdim)], ["n", kvdim], stem="k", **rope)
-        v = linear(h, "v", p + "attn_v", kvdim)
-        a = b.emit("attention", [q, k, v], ["n", qdim], stem="a", layer=layer, head_dim=hd,
-                   scale=1.0 / math.sqrt(hd))
+        att = dict(layer=layer, head_dim=hd, scale=1.0 / math.sqrt(hd), **heads)
+        if p + "attn_qkv.weight" in names:  # fused at conversion: one product, rope on q and k in place
+            qkv = linear(h, "qkv", p + "attn_qkv", qdim + 2 * kvdim)
+            qkv = b.emit("rope", [qkv], ["n", qdim + 2 * kvdim], stem="qkv", heads=cfg["n_head"] + cfg["n_kv_head"],
+                         **rope)
+            a = b.emit("attention", [qkv], ["n", qdim], stem="a", **att)
+        else:
+            q = b.emit("rope", [linear(h, "q", p + "attn_q", qdim)], ["n", qdim], stem="q", **rope)
+            k = b.emit("rope", [linear(h, "k", p + "attn_k", kvdim)], ["n", kvdim], stem="k", **rope)
+            a = b.emit("attention", [q, k, linear(h, "v", p + "attn_v", kvdim)], ["n", qdim], stem="a", **att)
         x = b.emit("add", [x, linear(a, "o", p + "attn_output", d)], ["n", d], stem="x")
         h = norm(x, p + "ffn_norm.weight")
-        g = b.emit("silu_mul", [linear(h, "g", p + "ffn_gate", cfg["d_ff"]),
-                                linear(h, "u", p + "ffn_up", cfg["d_ff"])], ["n", cfg["d_ff"]], stem="g")
+        if p + "ffn_gate_up.weight" in names:
+            gate_up = [linear(h, "gu", p + "ffn_gate_up", 2 * cfg["d_ff"])]
+        else:
+            gate_up = [linear(h, "g", p + "ffn_gate", cfg["d_ff"]), linear(h, "u", p + "ffn_up", cfg["d_ff"])]
+        g = b.emit("silu_mul", gate_up, ["n", cfg["d_ff"]], stem="g")
         x = b.emit("add", [x, linear(g, "o", p + "ffn_down", d)], ["n", d], stem="x")
     x = b.emit("output_rows", [x], ["m", d], stem="x")
     h = norm(x, "output_norm.weight", rows="m")

@@ -23,7 +23,10 @@ if numba.config.THREADING_LAYER == "default":
 from .activation import silu_mul, softmax  # noqa: E402
 from .attention import attention  # noqa: E402
 from .norm import rms_norm  # noqa: E402
-from .quant import dequant_rows, qmatmul, quantize_act  # noqa: E402
+from .quant import QMATMUL, dequant_rows, isa, quantize_act  # noqa: E402
 from .rope import rope  # noqa: E402
+
+ISA = isa()
+qmatmul = QMATMUL[ISA]
 
 __all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"]

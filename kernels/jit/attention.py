@@ -2,45 +2,61 @@
 import numpy as np
 from numba import njit, prange
 
+from .activation import _exp
+
 
 @njit(cache=True, nogil=True, fastmath=True, parallel=True)
-def attention(q, k_cache, v_cache, n_past, mask, scale, out):
-    """out f32[n, H, D] = softmax(q k^T * scale) v for the n new tokens, whose K/V are already
-    at cache positions n_past..n_past+n-1 (k_cache, v_cache f32[Hkv, T, D]). Query i sees every
-    position < n_past and new position n_past + j iff j <= i (mask of shape (0, 0)) or
-    mask[i, j] (bool[n, n]). Head h reads kv head h // (H // Hkv). One-pass (online) softmax
-    per (token, head), accumulated in out: out must not alias q."""
+def attention(q, k, v, k_cache, v_cache, n_past, mask, scale, out):
+    """Store the n new tokens' k, v f32[n, Hkv, D] at cache positions n_past..n_past+n-1 of
+    k_cache, v_cache f32[Hkv, T, D], then out f32[n, H, D] = softmax(q k^T * scale) v for
+    q f32[n, H, D]. Query i sees every position < n_past and new position n_past + j iff
+    j <= i (mask of shape (0, 0)) or mask[i, j] (bool[n, n]). Head h reads kv head
+    h // (H // Hkv). q, k, v may be strided views (of one fused qkv row); out must not alias
+    them. Work items are (token, kv head): the query heads sharing a kv head read each cached
+    row once; two passes (scores, then softmax-weighted sum of v rows)."""
     n, heads, dim = q.shape
-    group = heads // k_cache.shape[0]
+    hkv = k_cache.shape[0]
+    group = heads // hkv
     causal = mask.shape[0] == 0
+    for i in range(n):
+        for h in range(hkv):
+            for e in range(dim):
+                k_cache[h, n_past + i, e] = k[i, h, e]
+                v_cache[h, n_past + i, e] = v[i, h, e]
     sc = np.float32(scale)
-    for it in prange(n * heads):
-        i, h = it // heads, it % heads
-        kh = h // group
-        mx = np.float32(0)
-        total = np.float32(0)
-        for t in range(n_past + n):
-            j = t - n_past
-            if j >= 0 and (j > i if causal else not mask[i, j]):
-                continue
-            s = np.float32(0)
+    for item in prange(n * hkv):
+        i, kh = item // hkv, item % hkv
+        length = n_past + i + 1 if causal else n_past + n
+        s = np.empty((group, length), np.float32)
+        qi = np.empty((group, dim), np.float32)  # contiguous copy: q may be a strided view
+        for g in range(group):
             for e in range(dim):
-                s += q[i, h, e] * k_cache[kh, t, e]
-            s *= sc
-            if total == 0:  # first visible position
-                mx = s
+                qi[g, e] = q[i, kh * group + g, e] * sc
+        for t in range(length):
+            visible = causal or t < n_past or mask[i, t - n_past]
+            for g in range(group):
+                acc = np.float32(0)
                 for e in range(dim):
-                    out[i, h, e] = 0
-            elif s > mx:
-                c = np.exp(mx - s)
-                total *= c
-                for e in range(dim):
-                    out[i, h, e] *= c
-                mx = s
-            p = np.exp(s - mx)
-            total += p
+                    acc += qi[g, e] * k_cache[kh, t, e]
+                s[g, t] = acc if visible else -np.inf
+        for g in range(group):
+            mx = s[g, 0]
+            for t in range(1, length):
+                mx = max(mx, s[g, t])
+            total = np.float32(0)
+            for t in range(length):
+                p = _exp(s[g, t] - mx) if s[g, t] != -np.inf else np.float32(0)
+                s[g, t] = p
+                total += p
+            inv = np.float32(1) / total
+            for t in range(length):
+                s[g, t] *= inv
+        for g in range(group):
             for e in range(dim):
-                out[i, h, e] += p * v_cache[kh, t, e]
-        inv = np.float32(1) / total
-        for e in range(dim):
-            out[i, h, e] *= inv
+                out[i, kh * group + g, e] = 0
+        for t in range(length):
+            for g in range(group):
+                p = s[g, t]
+                if p != 0:
+                    for e in range(dim):
+                        out[i, kh * group + g, e] += p * v_cache[kh, t, e]

@@ -2,13 +2,16 @@
 import numpy as np
 
 
-def attention(q, k_cache, v_cache, n_past, mask, scale, out):
-    """out f32[n, H, D] = softmax(q k^T * scale) v for the n new tokens, whose K/V are already
-    at cache positions n_past..n_past+n-1 (k_cache, v_cache f32[Hkv, T, D]). Query i sees every
-    position < n_past and new position n_past + j iff j <= i (mask of shape (0, 0)) or
-    mask[i, j] (bool[n, n]). Head h reads kv head h // (H // Hkv)."""
+def attention(q, k, v, k_cache, v_cache, n_past, mask, scale, out):
+    """Store the n new tokens' k, v f32[n, Hkv, D] at cache positions n_past..n_past+n-1 of
+    k_cache, v_cache f32[Hkv, T, D], then out f32[n, H, D] = softmax(q k^T * scale) v for
+    q f32[n, H, D]. Query i sees every position < n_past and new position n_past + j iff
+    j <= i (mask of shape (0, 0)) or mask[i, j] (bool[n, n]). Head h reads kv head
+    h // (H // Hkv)."""
     n, heads, dim = q.shape
     hkv = k_cache.shape[0]
+    k_cache[:, n_past:n_past + n] = k.transpose(1, 0, 2)
+    v_cache[:, n_past:n_past + n] = v.transpose(1, 0, 2)
     length = n_past + n
     new = np.tril(np.ones((n, n), np.bool_)) if mask.shape[0] == 0 else mask
     visible = np.concatenate([np.ones((n, n_past), np.bool_), new], axis=1)
