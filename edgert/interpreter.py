@@ -59,7 +59,7 @@ class _Step:
             env[v] = arena[s][: int(np.prod(shape))].reshape(shape)
         self.env = env
         self.n, self.mask = n, np.zeros((0, 0), np.bool_)
-        self.act_cache = {}  # input value -> quantized activation scratch, shared by linears
+        self.act_scratch = {}  # (rows, K) -> [xq, xd, xs, value quantized in it last], see _bind_linear
         self.calls = [interp.bind(op, self) for op in prog["ops"]]
         self.outputs = [env[v] for v in prog["outputs"]]
 
@@ -142,8 +142,9 @@ def _bind_rms_norm(it, op, st):
 
 def _bind_linear(it, op, st):
     """out [rows, N] = x [rows, K] @ W.T (+ bias). Quantized W: the activation is quantized to
-    int16 per block (once per input value: the linears reading the same value share it), then
-    one integer-dot kernel serves decode (1 row) and prefill (many rows) alike."""
+    int16 per block into a scratch shared by all linears of its shape (the next linear on the
+    same input skips quantizing), then one integer-dot kernel serves decode (1 row) and
+    prefill (many rows) alike."""
     K = it.K
     w = it.weights.get(op["w"]["weight"])
     bias = it.weights.get(op["w"]["bias"]) if "bias" in op["w"] else None
@@ -159,12 +160,14 @@ def _bind_linear(it, op, st):
             add_bias()
         return run
     fmt, d, m, qs = w
-    fresh = src not in st.act_cache
-    if fresh:
-        rows, kdim = x.shape
-        st.act_cache[src] = (np.zeros((rows, kdim), ACT_DTYPE), np.zeros((rows, kdim // 32), np.float32),
-                             np.zeros((rows, kdim // 32), np.float32))
-    xq, xd, xs = st.act_cache[src]
+    rows, kdim = x.shape
+    scratch = st.act_scratch.get((rows, kdim))
+    if scratch is None:
+        blocks = np.zeros((2, rows, kdim // 32), np.float32)
+        scratch = st.act_scratch[rows, kdim] = [np.zeros((rows, kdim), ACT_DTYPE), blocks[0], blocks[1], None]
+    xq, xd, xs, last = scratch
+    fresh = last != src  # ops run in bind order: a linear right after another on the same input reuses it
+    scratch[3] = src
 
     def run():
         if fresh:

@@ -60,12 +60,19 @@ def _vload(builder, base, off, n, elem):
 
 
 def _f16_ir(builder, h):
-    """i16 fp16 bits -> float, the same bit arithmetic as _f16 (no F16C needed)."""
-    h = builder.zext(h, _I32)
-    sign = builder.shl(builder.and_(h, ir.Constant(_I32, 0x8000)), ir.Constant(_I32, 16))
-    rest = builder.shl(builder.and_(h, ir.Constant(_I32, 0x7FFF)), ir.Constant(_I32, 13))
-    f = builder.bitcast(builder.or_(sign, rest), _F32)
-    return builder.fmul(f, ir.Constant(_F32, 2.0**112))
+    """i16 (or <n x i16>) fp16 bits -> float (<n x float>), the bit arithmetic of _f16 (no F16C
+    needed)."""
+    lanes = getattr(h.type, "count", None)
+
+    def ty(elem):
+        return ir.VectorType(elem, lanes) if lanes else elem
+
+    def const(elem, v):
+        return ir.Constant(ty(elem), [v] * lanes if lanes else v)
+    h = builder.zext(h, ty(_I32))
+    sign = builder.shl(builder.and_(h, const(_I32, 0x8000)), const(_I32, 16))
+    rest = builder.shl(builder.and_(h, const(_I32, 0x7FFF)), const(_I32, 13))
+    return builder.fmul(builder.bitcast(builder.or_(sign, rest), ty(_F32)), const(_F32, 2.0**112))
 
 
 def _pmadd(builder, a, b, route):
@@ -128,10 +135,19 @@ def _dot_tile(typingctx, T, route, qs, d, xq, xd, out, r, t0):
         toks = [builder.add(t0, ir.Constant(i64, j)) for j in range(nt)]
         stride = 16 if nibbles else 32
         zero = ir.Constant(f8, [0.0] * 8)
-        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(nt)]
+        # independent accumulators per token (blocks alternate between them): one chain of
+        # dependent fmas would wait out the fma latency on every block
+        n_acc = max(1, 4 // nt)
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(n_acc)] for _ in range(nt)]
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f8, [f8, f8, f8]), "llvm.fmuladd.v8f32")
-        with cgutils.for_range(builder, nb) as loop:
-            b = loop.index
+        lanes = ir.VectorType(_I32, 8)
+
+        def splat(v, lane):
+            return builder.shuffle_vector(v, v, ir.Constant(lanes, [lane] * 8))
+
+        def block(b, scales, k=0):
+            """Accumulate block b of row r for every token into accumulator k; scales[j]:
+            <8 x float> all equal to d[r, b] * xd[t0 + j, b]."""
             blk = builder.add(builder.mul(r, nb), b)
             off = builder.mul(blk, ir.Constant(i64, stride))
             if nibbles:
@@ -141,21 +157,38 @@ def _dot_tile(typingctx, T, route, qs, d, xq, xd, out, r, t0):
             else:
                 lo = builder.sext(_vload(builder, qs_p, off, 16, _I8), v16)
                 hi = builder.sext(_vload(builder, qs_p, builder.add(off, ir.Constant(i64, 16)), 16, _I8), v16)
-            dw = _f16_ir(builder, builder.load(builder.gep(d_p, [blk])))
-            for t, acc in zip(toks, accs):
+            for t, acc, scale in zip(toks, (a[k % n_acc] for a in accs), scales):
                 xoff = builder.add(builder.mul(t, kdim), builder.mul(b, ir.Constant(i64, 32)))
                 x_lo = builder.sext(_vload(builder, xq_p, xoff, 16, xq_p.type.pointee), v16)
                 x_hi = builder.sext(_vload(builder, xq_p, builder.add(xoff, ir.Constant(i64, 16)), 16,
                                            xq_p.type.pointee), v16)
-                xd_t = builder.load(builder.gep(xd_p, [builder.add(builder.mul(t, nb), b)]))
                 s = builder.add(_pmadd(builder, lo, x_lo, rt), _pmadd(builder, hi, x_hi, rt))
-                scale = builder.insert_element(ir.Constant(f8, ir.Undefined), builder.fmul(dw, xd_t),
-                                               ir.Constant(_I32, 0))
-                scale = builder.shuffle_vector(scale, scale, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
                 builder.store(builder.call(fma, [builder.sitofp(s, f8), scale, builder.load(acc)]), acc)
+
+        # blocks in groups of 8: their 8 scales are widened and multiplied as one vector
+        groups = builder.udiv(nb, ir.Constant(i64, 8))
+        with cgutils.for_range(builder, groups) as loop:
+            b0 = builder.mul(loop.index, ir.Constant(i64, 8))
+            dv = _f16_ir(builder, _vload(builder, d_p, builder.add(builder.mul(r, nb), b0), 8, _I16))
+            sc = [builder.fmul(dv, _vload(builder, xd_p, builder.add(builder.mul(t, nb), b0), 8, _F32))
+                  for t in toks]
+            for k in range(8):
+                block(builder.add(b0, ir.Constant(i64, k)), [splat(v, k) for v in sc], k)
+        with cgutils.for_range_slice(builder, builder.mul(groups, ir.Constant(i64, 8)), nb, ir.Constant(i64, 1)) as (b, _):
+            dw = _f16_ir(builder, builder.load(builder.gep(d_p, [builder.add(builder.mul(r, nb), b)])))
+            scales = []
+            for t in toks:
+                xd_t = builder.load(builder.gep(xd_p, [builder.add(builder.mul(t, nb), b)]))
+                one = builder.insert_element(ir.Constant(f8, ir.Undefined), builder.fmul(dw, xd_t),
+                                             ir.Constant(_I32, 0))
+                scales.append(splat(one, 0))
+            block(b, scales)
         for t, acc in zip(toks, accs):
+            total = builder.load(acc[0])
+            for a in acc[1:]:
+                total = builder.fadd(total, builder.load(a))
             dst = builder.gep(out_p, [builder.add(builder.mul(t, ncols), r)])
-            builder.store(_hsum8(builder, builder.load(acc)), dst)
+            builder.store(_hsum8(builder, total), dst)
         return context.get_dummy_value()
 
     return types.void(T, route, qs, d, xq, xd, out, r, t0), codegen
@@ -216,14 +249,15 @@ def _make_qmatmul(route):
                 for r in range(r_lo, r_hi):
                     _dot_tile(1, route, q, d, xq, xd, out, r, t)
                 t += 1
-            if fmt != Q8_0:  # the offset term: -8 d (q4_0) or m (q4_1) times sum(x) per block
+            if fmt != Q8_0:  # the offset term: m (q4_1) or -8 d (q4_0) times sum(x), per block
+                c = m if fmt == Q4_1 else d
+                cs = np.float32(1) if fmt == Q4_1 else np.float32(-8)
                 for r in range(r_lo, r_hi):
                     for t in range(n):
                         acc = np.float32(0)
                         for b in range(nb):
-                            c = _f16(m[r, b]) if fmt == Q4_1 else np.float32(-8) * _f16(d[r, b])
-                            acc += c * xs[t, b]
-                        out[t, r] += acc
+                            acc += _f16(c[r, b]) * xs[t, b]
+                        out[t, r] += cs * acc
 
     return qmatmul
 
