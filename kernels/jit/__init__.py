@@ -25,8 +25,10 @@ from .attention import attention  # noqa: E402
 from .norm import rms_norm  # noqa: E402
 from .quant import QMATMUL, dequant_rows, isa, quantize_act  # noqa: E402
 from .rope import rope  # noqa: E402
+from .rows_i8 import matmul_rows_i8, quantize_rows_i8  # noqa: E402
 
 ISA = isa()
 qmatmul = QMATMUL[ISA]
 
-__all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"]
+__all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax",
+           "quantize_rows_i8", "matmul_rows_i8"]

@@ -5,5 +5,7 @@ from .attention import attention
 from .norm import rms_norm
 from .quant import dequant_rows, qmatmul, quantize_act
 from .rope import rope
+from .rows_i8 import matmul_rows_i8, quantize_rows_i8
 
-__all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax"]
+__all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax",
+           "quantize_rows_i8", "matmul_rows_i8"]
