@@ -1,4 +1,4 @@
-"""The `edgert` command: run, convert, info, perplexity, pull."""
+"""The `edgert` command: run, convert, info, perplexity, pull, web build."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +20,10 @@ def _model_path(arg: str | None) -> str:
 def _load(args):
     from . import load
 
-    return load(_model_path(args.model), threads=args.threads, backend=args.backend, context=args.ctx)
+    draft = {}
+    if getattr(args, "draft", None):
+        draft = dict(draft=args.draft, tree_width=args.tree_width, tree_depth=args.tree_depth)
+    return load(_model_path(args.model), threads=args.threads, backend=args.backend, context=args.ctx, **draft)
 
 
 def cmd_run(args) -> int:
@@ -45,6 +48,10 @@ def cmd_run(args) -> int:
     print(f"prefill {s['prefill_tok_s']:.1f} tok/s ({s['prompt_tokens']} tokens) · "
           f"decode {s['decode_tok_s']:.1f} tok/s ({s['generated_tokens']} tokens, stop: {s['stop']})",
           file=sys.stderr)
+    if "verify_steps" in s:
+        print(f"speculative: {s['tokens_per_step']:.2f} tokens per verification ({s['verify_steps']} steps), "
+              f"{100 * s['acceptance_rate']:.0f}% of {s['drafted_tokens']} drafted tokens accepted, "
+              f"drafting {s['draft_s']:.2f} s · verifying {s['verify_s']:.2f} s", file=sys.stderr)
     return 0
 
 
@@ -117,6 +124,17 @@ def cmd_pull(args) -> int:
     return 0
 
 
+def cmd_web_build(args) -> int:
+    from .web.build import build_site
+
+    cfg = build_site(args.output, models=args.model, pyodide_url=args.pyodide_url, pyodide_dir=args.pyodide_dir,
+                     force=args.force)
+    names = ", ".join(m["name"] for m in cfg["models"]) or "none (the page opens .edge files from disk)"
+    print(f"wrote {args.output}: models {names}; Pyodide from {cfg['pyodide']}\n"
+          f"serve it with: python -m http.server -d {args.output} 8000", file=sys.stderr)
+    return 0
+
+
 def _add_runtime_options(p):
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores but one, at least 1)")
     p.add_argument("--ctx", type=int, default=None, help="context length in tokens (default: the model's, at most 8192)")
@@ -138,6 +156,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--draft", metavar="EDGE|lookup",
+                   help="speculative decoding: a smaller model with the same tokenizer drafts token trees, or "
+                        "'lookup' drafts from the text so far (no second model); output is the model's own")
+    p.add_argument("--tree-width", type=int, default=3, help="draft tree: alternatives per node (default 3)")
+    p.add_argument("--tree-depth", type=int, default=8, help="draft tree: longest path (default 8)")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -165,6 +188,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default="smollm2-135m")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("web", help="the browser build: a static site running edgert under Pyodide")
+    web = p.add_subparsers(dest="web_command", required=True)
+    p = web.add_parser("build", help="write the demo site (page, worker, edgert wheel, models) into a folder")
+    p.add_argument("--model", action="append", default=[], metavar="EDGE",
+                   help=".edge model to bundle (repeatable; none: the page opens .edge files from disk)")
+    p.add_argument("-o", "--output", required=True, help="folder to write (must be empty unless --force)")
+    p.add_argument("--pyodide-url", help="where the page loads Pyodide 0.27.7 from (default: the public CDN)")
+    p.add_argument("--pyodide-dir", help="a local Pyodide 0.27.7 copy with numpy to copy into the site (offline use)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    p.set_defaults(func=cmd_web_build)
     return ap
 
 

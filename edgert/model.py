@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from . import chat as chat_template
-from . import kernels
+from . import kernels, speculative
 from .errors import EdgeError
 from .format import EdgeFile
 from .interpreter import Interpreter
@@ -31,11 +31,14 @@ class Model:
 
     threads: compute threads (default: all cores but one); backend: "jit" (Numba) or "ref" (NumPy
     twins), default jit when Numba is installed; context: KV cache length in tokens (default
-    the model's, at most 8192; memory is committed only as positions fill).
+    the model's, at most 8192; memory is committed only as positions fill); weights: None keeps
+    quantized weights as stored, "f32" expands them once at load to float32 (the fastest form
+    for NumPy without Numba, e.g. in the browser; 4-8x the memory), "int8" to int8 per row.
     """
 
     def __init__(self, path: str, threads: int | None = None, backend: str | None = None,
-                 context: int | None = None):
+                 context: int | None = None, weights: str | None = None, draft=None,
+                 tree_width: int = 3, tree_depth: int = 8):
         self.path = str(path)
         self.edge = EdgeFile(self.path)
         h = self.edge.header
@@ -49,10 +52,23 @@ class Model:
             raise EdgeError(f"{self.path} is corrupt: bad model header ({e!r})") from None
         self.chat_template = h.get("chat_template")
         kernels.set_threads(threads or kernels.default_threads())
-        self.interpreter = Interpreter(program, self.edge, backend)
+        self.interpreter = Interpreter(program, self.edge, backend, weights=weights)
         limit = int(self.config["context_length"])
         self.context = min(context or min(limit, DEFAULT_CONTEXT), limit)
         self.stats: dict = {}
+        self.drafter = None if draft is None else self._drafter(draft, tree_width, tree_depth, threads, backend)
+
+    def _drafter(self, draft, width: int, depth: int, threads, backend):
+        """A drafter for speculative decoding: "lookup", or a draft model (path or Model)."""
+        if width < 1 or depth < 1:
+            raise EdgeError("tree width and depth must be >= 1")
+        budget = max(width * depth, depth + 1)
+        if draft == "lookup":
+            return speculative.LookupDrafter(width=width, depth=depth, budget=budget)
+        small = draft if isinstance(draft, Model) else Model(draft, threads=threads, backend=backend,
+                                                             context=self.context)
+        speculative.check_pair(self, small)
+        return speculative.ModelDrafter(small, width=width, depth=depth, budget=budget)
 
     def new_cache(self) -> KVCache:
         c = self.config
@@ -107,37 +123,48 @@ class Model:
         return self._generate(ids, max_tokens, sampler, stop_at_eot)
 
     def _generate(self, ids, max_tokens, sampler, stop_at_eot) -> Iterator[str]:
-        cache = self.new_cache()
         self.stats = stats = {"prompt_tokens": int(ids.size), "generated_tokens": 0, "stop": "max_tokens"}
         self.last_tokens = tokens = []
-        t0 = time.perf_counter()
-        logits = self.prefill(ids, cache)
-        t1 = time.perf_counter()
-        stats.update(prefill_s=t1 - t0, prefill_tok_s=ids.size / max(t1 - t0, 1e-9))
-        stream = self.tokenizer.stream()
         eot = self.tokenizer.eot_ids if stop_at_eot else frozenset()
+        if self.drafter is None:
+            source = self._decode_tokens(ids, max_tokens, sampler, eot, stats)
+        else:
+            source = speculative.generate_tokens(self, self.drafter, ids, max_tokens, sampler, eot, stats)
+        stream = self.tokenizer.stream()
+        t0 = time.perf_counter()
         try:
-            for _ in range(max_tokens):
-                tok = sampler(logits)
-                if tok in eot:
-                    stats["stop"] = "end_of_turn"
-                    break
+            for tok in source:
                 tokens.append(tok)
                 piece = stream.push(tok)
                 if piece:
                     yield piece
-                if cache.length >= cache.capacity:
-                    stats["stop"] = "context_full"
-                    break
-                logits = self.interpreter.step([tok], [cache.length], cache)[0]
             tail = stream.flush()
             if tail:
                 yield tail
         finally:
-            t2 = time.perf_counter()
             n = len(tokens)
-            stats.update(generated_tokens=n, decode_s=t2 - t1,
-                         decode_tok_s=(n - 1) / max(t2 - t1, 1e-9) if n > 1 else 0.0)
+            decode_s = time.perf_counter() - t0 - stats.get("prefill_s", 0.0)
+            steps = n - 1 if self.drafter is None else n  # plain decoding gets its first token from the prefill
+            stats.update(generated_tokens=n, decode_s=decode_s,
+                         prefill_tok_s=ids.size / max(stats.get("prefill_s", 0.0), 1e-9),
+                         decode_tok_s=steps / max(decode_s, 1e-9) if steps > 0 else 0.0)
+
+    def _decode_tokens(self, ids, max_tokens, sampler, eot, stats) -> Iterator[int]:
+        """Plain decoding: one target step per token."""
+        cache = self.new_cache()
+        t0 = time.perf_counter()
+        logits = self.prefill(ids, cache)
+        stats["prefill_s"] = time.perf_counter() - t0
+        for _ in range(max_tokens):
+            tok = sampler(logits)
+            if tok in eot:
+                stats["stop"] = "end_of_turn"
+                return
+            yield tok
+            if cache.length >= cache.capacity:
+                stats["stop"] = "context_full"
+                return
+            logits = self.interpreter.step([tok], [cache.length], cache)[0]
 
     def chat(self, messages: list[dict], stream: bool = False, **kwargs):
         """Reply to a conversation rendered with the model's chat template.

@@ -35,8 +35,25 @@ def _gguf_fixture(fixture_name, model_name):
     return gguf_path
 
 
+def _edge_fixture(fixture_name, gguf_fixture):
+    @pytest.fixture(scope="session", name=fixture_name)
+    def edge_path(request, tmp_path_factory):
+        """Path (str) of the GGUF converted with the default settings, once per session."""
+        from edgert.convert import convert
+
+        out = tmp_path_factory.mktemp("edge") / f"{fixture_name}.edge"
+        convert(request.getfixturevalue(gguf_fixture), str(out), progress=False)
+        return str(out)
+
+    return edge_path
+
+
 smollm2_gguf = _gguf_fixture("smollm2_gguf", "smollm2-135m")
 qwen05_gguf = _gguf_fixture("qwen05_gguf", "qwen2.5-coder-0.5b")
+qwen15_gguf = _gguf_fixture("qwen15_gguf", "qwen2.5-coder-1.5b")
+smollm2_edge = _edge_fixture("smollm2_edge", "smollm2_gguf")
+qwen05_edge = _edge_fixture("qwen05_edge", "qwen05_gguf")
+qwen15_edge = _edge_fixture("qwen15_edge", "qwen15_gguf")
 
 
 @pytest.fixture(scope="session")

@@ -31,20 +31,6 @@ def _kl_and_agreement(ref, ours):
     return kl, agree
 
 
-@pytest.fixture(scope="session")
-def smollm2_edge(smollm2_gguf, tmp_path_factory):
-    out = tmp_path_factory.mktemp("edge") / "smollm2.edge"
-    convert(smollm2_gguf, str(out), progress=False)
-    return str(out)
-
-
-@pytest.fixture(scope="session")
-def qwen05_edge(qwen05_gguf, tmp_path_factory):
-    out = tmp_path_factory.mktemp("edge") / "qwen05.edge"
-    convert(qwen05_gguf, str(out), progress=False)
-    return str(out)
-
-
 def _report(name, **figures):
     print(f"\nFIGURES {name} " + json.dumps(figures))
 

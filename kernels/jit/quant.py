@@ -25,6 +25,7 @@ from ..formats import Q4_0, Q4_1, Q8_0
 
 _I8, _I16, _I32, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
 PORTABLE, X86_AVX2 = 0, 1  # instruction routes of the block dot product (see isa())
+N_ACC = 2  # accumulators per token in _dot_tile
 
 
 def isa() -> int:
@@ -136,8 +137,10 @@ def _dot_tile(typingctx, T, route, qs, d, xq, xd, out, r, t0):
         stride = 16 if nibbles else 32
         zero = ir.Constant(f8, [0.0] * 8)
         # independent accumulators per token (blocks alternate between them): one chain of
-        # dependent fmas would wait out the fma latency on every block
-        n_acc = max(1, 4 // nt)
+        # dependent fmas would wait out the fma latency on every block. The same number for
+        # every T keeps each token's sums in one order, so a token's output does not depend
+        # on how many tokens share the call (verifying a token tree = decoding its paths).
+        n_acc = N_ACC
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(n_acc)] for _ in range(nt)]
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f8, [f8, f8, f8]), "llvm.fmuladd.v8f32")
         lanes = ir.VectorType(_I32, 8)

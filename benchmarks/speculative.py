@@ -1,0 +1,96 @@
+"""Speculative decoding against the target alone: token trees, a linear draft, model-free drafts.
+
+    python benchmarks/speculative.py [--target qwen2.5-coder-1.5b] [--draft qwen2.5-coder-0.5b]
+                                     [--threads 1] [--max-tokens 128] [--prompts 12]
+
+Prints one JSON object. Greedy decoding on fixed coding and chat prompts (the model's chat
+template); every mode must produce the target's own tokens (checked here, run by run). Per
+mode: mean speedup over the target alone (wall time of generate, prefill included), tokens
+per verification step, acceptance rate, time split between drafting and verifying. Models
+come from ../shared/models/fetch_models.py and are converted once into ~/.cache/edgert/bench/
+(shared with benchmarks/decode.py). The machine is shared: compare within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from decode import edge_path, gguf_path  # noqa: E402
+
+PROMPTS = [
+    "Write a Python function that checks whether a string is a palindrome.",
+    "Implement binary search in Python and explain its complexity.",
+    "Write a JavaScript function that debounces another function.",
+    "Fix the bug: def mean(xs): return sum(xs) / len(xs) + 1",
+    "Write a SQL query returning the ten customers with the highest total order value.",
+    "Write a C function that reverses a linked list in place.",
+    "Explain the difference between a process and a thread.",
+    "What are three tips for writing readable code?",
+    "Summarize what a hash table is in two sentences.",
+    "Give me a short plan for learning Rust in a month.",
+    "Why is the sky blue? Answer briefly.",
+    "Write a haiku about compilers.",
+]
+MODES = {  # name -> edgert.load keyword arguments (besides the target path)
+    "tree": lambda draft: dict(draft=draft, tree_width=3, tree_depth=8),
+    "linear": lambda draft: dict(draft=draft, tree_width=1, tree_depth=8),
+    "lookup": lambda draft: dict(draft="lookup", tree_width=3, tree_depth=6),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", default="qwen2.5-coder-1.5b")
+    ap.add_argument("--draft", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS))
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    args = ap.parse_args()
+
+    import edgert
+
+    target_path = edge_path(args.target, gguf_path(args.target))
+    draft_path = edge_path(args.draft, gguf_path(args.draft))
+    models = {"target": edgert.load(target_path, threads=args.threads)}
+    for mode in args.modes:
+        models[mode] = edgert.load(target_path, threads=args.threads, **MODES[mode](draft_path))
+    prompts = PROMPTS[: args.prompts]
+    runs = {name: [] for name in models}
+    for prompt in prompts:
+        messages = [{"role": "user", "content": prompt}]
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            m.chat(messages, max_tokens=args.max_tokens, temperature=0.0)
+            wall = time.perf_counter() - t0
+            runs[name].append({"wall_s": wall, "tokens": list(m.last_tokens), **m.stats})
+        print(json.dumps({"prompt": prompt, **{n: round(r[-1]["wall_s"], 3) for n, r in runs.items()}}),
+              file=sys.stderr)
+    base = runs["target"]
+    results = {"target": {"mean_tok_s": _mean([r["generated_tokens"] / r["wall_s"] for r in base])}}
+    for mode in args.modes:
+        rs = runs[mode]
+        same = all(r["tokens"] == b["tokens"] for r, b in zip(rs, base))
+        results[mode] = {
+            "identical_to_target": same,
+            "mean_speedup": _mean([b["wall_s"] / r["wall_s"] for r, b in zip(rs, base)]),
+            "tokens_per_step": _mean([r["tokens_per_step"] for r in rs]),
+            "acceptance_rate": _mean([r["acceptance_rate"] for r in rs]),
+            "draft_share": sum(r["draft_s"] for r in rs) / sum(r["draft_s"] + r["verify_s"] for r in rs),
+            "mean_tok_s": _mean([r["generated_tokens"] / r["wall_s"] for r in rs]),
+        }
+    print(json.dumps({"benchmark": "speculative", "target": args.target, "draft": args.draft,
+                      "threads": args.threads, "max_tokens": args.max_tokens, "prompts": len(prompts),
+                      "load_avg": os.getloadavg(), "results": results}, indent=2))
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Speculative decoding with token trees (LLMCad): a drafter proposes a tree of candidate
+continuations, the target model verifies all of its nodes in one forward pass, and the
+longest path that the target itself would have produced is kept.
+
+The tree's node 0 is the pending token: emitted already, not yet seen by the target. Every
+other node is a drafted token with a parent. Verification runs the target once over all
+nodes (per-node positions = context length + depth, an ancestor-or-self attention mask),
+then walks from node 0: while the target's choice after the current node is one of its
+children, that child is accepted. The target's choice after the last accepted node is one
+more token of its own (the new pending token), so every verification yields at least one
+token. The accepted nodes' KV entries are moved to consecutive cache positions (a few rows;
+the rest of the cache is not copied) and the cache is truncated after them.
+
+Greedy decoding is lossless: the kernels compute every row of a batch exactly as they would
+alone, so each accepted token is the target's own greedy choice, bit for bit. With sampling
+the drafts form a chain and the speculative-sampling rule (accept x with probability
+min(1, p(x) / q(x)), else sample from max(p - q, 0)) keeps the target's distribution.
+
+Drafters: ModelDrafter (a smaller model with the same tokenizer; the tree branches where the
+draft is unsure and the spine stops once its confidence falls below a threshold that adapts
+to the observed acceptance) and LookupDrafter (no second model: prompt lookup plus Token
+Recycling's adjacency of recently seen candidates, expanded breadth first).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .errors import EdgeError
+from .sampling import Sampler
+
+
+class TokenTree:
+    """Nodes in topological order: tokens[i], parents[i] (-1 for node 0), depths[i]; q[i] is
+    the draft's probability of node i's token when it was drafted by sampling (else None)."""
+
+    def __init__(self, root: int):
+        self.tokens, self.parents, self.depths, self.q = [root], [-1], [0], [None]
+        self.children: list[dict] = [{}]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def add(self, token: int, parent: int, q=None) -> int:
+        """Child of `parent` (an existing node); an existing child with this token is reused."""
+        if token in self.children[parent]:
+            return self.children[parent][token]
+        i = len(self.tokens)
+        self.tokens.append(int(token))
+        self.parents.append(parent)
+        self.depths.append(self.depths[parent] + 1)
+        self.q.append(q)
+        self.children.append({})
+        self.children[parent][int(token)] = i
+        return i
+
+    def path(self, i: int) -> list[int]:
+        """Tokens from node 1 down to node i (node 0 excluded)."""
+        out = []
+        while i > 0:
+            out.append(self.tokens[i])
+            i = self.parents[i]
+        return out[::-1]
+
+    def mask(self) -> np.ndarray:
+        """bool [n, n]: mask[i, j] iff node j is node i or one of its ancestors."""
+        n = len(self.tokens)
+        m = np.zeros((n, n), np.bool_)
+        for i, p in enumerate(self.parents):
+            if p >= 0:
+                m[i] = m[p]
+            m[i, i] = True
+        return m
+
+
+def verify(model, cache, tree: TokenTree, sampler: Sampler):
+    """Run the target over the tree and walk it. Returns (accepted draft tokens, next
+    pending token, target logits [n, vocab]); the cache then holds node 0 and the accepted
+    nodes, consecutively."""
+    base = cache.length
+    depths = np.asarray(tree.depths, np.int64)
+    logits = model.interpreter.step(np.asarray(tree.tokens, np.int64), base + depths, cache, rows="all",
+                                    mask=tree.mask())
+    node, accepted = 0, [0]
+    if sampler.temperature == 0:
+        while True:
+            want = int(np.argmax(logits[node]))
+            child = tree.children[node].get(want)
+            if child is None:
+                break
+            node = child
+            accepted.append(node)
+        bonus = want
+    else:
+        bonus = None
+        while tree.children[node]:
+            (token, child), = tree.children[node].items()  # sampled drafts form a chain
+            ids, p = sampler.probs(logits[node])
+            q_token, q = _draft_probs(tree.q[child], token, ids)
+            if sampler.rng.random() * q_token < float(p[ids == token].sum()):  # prob. min(1, p/q)
+                node = child
+                accepted.append(node)
+                continue
+            residual = np.maximum(p - q, 0)
+            residual = residual if residual.sum() > 0 else p
+            bonus = int(ids[sampler.rng.choice(len(ids), p=residual / residual.sum())])
+            break
+        if bonus is None:
+            bonus = sampler(logits[node])
+    for d, j in enumerate(accepted):  # j >= d, increasing: no row is overwritten before it is read
+        if j != d:
+            cache.block[:, :, :, base + d] = cache.block[:, :, :, base + j]
+    cache.length = base + len(accepted)
+    return [tree.tokens[j] for j in accepted[1:]], bonus, logits
+
+
+def _draft_probs(q, token: int, ids: np.ndarray):
+    """(q(token), q over the target's candidate ids) for a drafted node: q is 1.0 for a
+    deterministic draft (one-hot) or (draft ids, draft probs) for a sampled one."""
+    if not isinstance(q, tuple):
+        return 1.0, (ids == token).astype(np.float64)
+    dist = dict(zip(q[0].tolist(), q[1].tolist()))
+    return dist[token], np.array([dist.get(int(t), 0.0) for t in ids])
+
+
+class ModelDrafter:
+    """Drafts with a smaller model. Greedy: the spine follows the draft's top choice; at a
+    node where that choice has probability below `branch_p`, up to width - 1 runners-up of
+    probability >= min_p become siblings (leaves). The spine stops at `depth`, at the node
+    budget, or when the product of its probabilities falls below `threshold`, which rises
+    after rejections and falls after full acceptances. Sampling: a chain sampled from the
+    draft, one token per step, stopping on the same confidence rule."""
+
+    def __init__(self, model, width: int = 3, depth: int = 8, budget: int = 16, min_p: float = 0.05,
+                 branch_p: float = 0.8, threshold: float = 0.3):
+        self.model, self.width, self.depth, self.budget = model, width, depth, budget
+        self.min_p, self.branch_p, self.threshold = min_p, branch_p, threshold
+        self.cache = model.new_cache()
+        self.seen: list[int] = []  # tokens whose KV entries the draft cache holds, in order
+        self.spine_len = 0
+
+    def start(self, prompt_ids) -> None:
+        self.cache = self.model.new_cache()
+        self.seen = [int(t) for t in prompt_ids[:-1]]
+        if self.seen:
+            self.model.prefill(np.asarray(self.seen, np.int64), self.cache)
+
+    def _feed(self, tokens) -> np.ndarray:
+        start = self.cache.length
+        logits = self.model.interpreter.step(np.asarray(tokens, np.int64), np.arange(start, start + len(tokens)),
+                                             self.cache)[0]
+        self.seen.extend(tokens)
+        return logits
+
+    def draft(self, history: list[int], sampler: Sampler) -> TokenTree:
+        """A tree rooted at history[-1] (the pending token)."""
+        common = 0
+        limit = min(len(self.seen), len(history) - 1)
+        while common < limit and self.seen[common] == history[common]:
+            common += 1
+        self.seen = self.seen[:common]
+        self.cache.length = common
+        tree = TokenTree(history[-1])
+        logits = self._feed(history[common:])
+        node, conf = 0, 1.0
+        greedy = sampler.temperature == 0
+        room = min(self.cache.capacity - self.cache.length, self.depth)
+        for _ in range(room):
+            if len(tree) >= self.budget:
+                break
+            if greedy:
+                p = _softmax(logits)
+                order = np.argsort(-p)[: self.width]
+                top = int(order[0])
+                conf *= float(p[top])
+                nxt = tree.add(top, node)
+                if p[top] < self.branch_p:
+                    for alt in order[1:]:
+                        if p[alt] >= self.min_p and len(tree) < self.budget:
+                            tree.add(int(alt), node)
+            else:
+                ids, p = sampler.probs(logits)
+                k = int(sampler.rng.choice(len(p), p=p))
+                conf *= float(p[k])
+                nxt = tree.add(int(ids[k]), node, q=(ids, p))
+            node = nxt
+            if conf < self.threshold or len(tree) >= self.budget:
+                break
+            logits = self._feed([tree.tokens[node]])
+        self.spine_len = tree.depths[node]
+        return tree
+
+    def feedback(self, accepted: int) -> None:
+        """Adapt the stopping threshold to how much of the spine the target kept."""
+        if accepted >= self.spine_len:
+            self.threshold = max(0.02, self.threshold * 0.7)
+        elif accepted < self.spine_len // 2:
+            self.threshold = min(0.9, self.threshold * 1.3 + 0.02)
+
+
+class LookupDrafter:
+    """Drafts without a second model. Prompt lookup: after the most recent earlier occurrence
+    of the last `ngram` (down to 1) tokens, the tokens that followed it form a chain. Token
+    Recycling: for every token, the target's top `width` candidates seen after it in earlier
+    verifications (an adjacency of recently seen candidates) expand the tree breadth first."""
+
+    def __init__(self, width: int = 3, depth: int = 6, budget: int = 16, ngram: int = 3):
+        self.width, self.depth, self.budget, self.ngram = width, depth, budget, ngram
+        self.adjacency: dict[int, list[int]] = {}
+
+    def start(self, prompt_ids) -> None:
+        self.adjacency = {}
+
+    def draft(self, history: list[int], sampler: Sampler) -> TokenTree:
+        tree = TokenTree(history[-1])
+        chain = self._lookup(history)
+        if sampler.temperature > 0:
+            chain = chain[: self.depth]
+        node = 0
+        for t in chain:
+            if len(tree) >= self.budget:
+                break
+            node = tree.add(t, node, q=1.0)
+        if sampler.temperature > 0:  # sampling verifies a chain only
+            return tree
+        frontier = [0]
+        while frontier and len(tree) < self.budget:
+            nxt = []
+            for i in frontier:
+                if tree.depths[i] >= self.depth:
+                    continue
+                for t in self.adjacency.get(tree.tokens[i], ())[: self.width]:
+                    if len(tree) >= self.budget:
+                        break
+                    if t not in tree.children[i]:
+                        nxt.append(tree.add(t, i))
+            frontier = nxt
+        return tree
+
+    def _lookup(self, history: list[int]) -> list[int]:
+        h = np.asarray(history, np.int64)
+        for n in range(min(self.ngram, len(h) - 1), 0, -1):
+            tail = h[-n:]
+            starts = np.flatnonzero(h[: len(h) - n] == tail[0])
+            for s in starts[::-1]:
+                if np.array_equal(h[s:s + n], tail):
+                    return h[s + n: s + n + self.depth].tolist()
+        return []
+
+    def observe(self, tree: TokenTree, logits: np.ndarray) -> None:
+        """Recycle the target's top candidates after every verified node."""
+        top = np.argpartition(-logits, self.width, axis=1)[:, : self.width]
+        for i, t in enumerate(tree.tokens):
+            row = top[i][np.argsort(-logits[i, top[i]])]
+            self.adjacency[t] = [int(x) for x in row]
+
+    def feedback(self, accepted: int) -> None:
+        pass
+
+
+def _softmax(logits) -> np.ndarray:
+    x = np.asarray(logits, np.float64)
+    p = np.exp(x - x.max())
+    return p / p.sum()
+
+
+def check_pair(target, draft) -> None:
+    """Refuse a draft model whose tokenizer differs from the target's."""
+    a, b = target.edge.header.get("tokenizer", {}), draft.edge.header.get("tokenizer", {})
+    if a.get("tokens") != b.get("tokens") or a.get("merges") != b.get("merges"):
+        raise EdgeError(f"draft model {draft.path} does not share the target's tokenizer "
+                        f"({len(b.get('tokens', []))} vs {len(a.get('tokens', []))} tokens): "
+                        "speculative decoding needs the same vocabulary")
+
+
+def generate_tokens(target, drafter, ids: np.ndarray, max_tokens: int, sampler: Sampler, eot, stats: dict):
+    """Yield generated token ids (stopping before an end-of-turn token); fill stats."""
+    cache = target.new_cache()
+    history = [int(t) for t in ids]
+    t0 = time.perf_counter()
+    if len(history) > 1:
+        target.prefill(ids[:-1], cache)
+    drafter.start(history)
+    t_draft = t_verify = 0.0
+    steps = drafted = accepted_total = produced = 0
+    stats.update(prefill_s=time.perf_counter() - t0)
+    try:
+        while produced < max_tokens:
+            room = cache.capacity - cache.length
+            if room < 1:
+                stats["stop"] = "context_full"
+                return
+            t1 = time.perf_counter()
+            tree = drafter.draft(history, sampler) if room > 1 else TokenTree(history[-1])
+            if len(tree) > room:
+                tree = _truncate(tree, room)
+            t2 = time.perf_counter()
+            accepted, bonus, logits = verify(target, cache, tree, sampler)
+            t3 = time.perf_counter()
+            if hasattr(drafter, "observe"):
+                drafter.observe(tree, logits)
+            drafter.feedback(len(accepted))
+            t_draft += t2 - t1
+            t_verify += t3 - t2
+            steps += 1
+            drafted += len(tree) - 1
+            accepted_total += len(accepted)
+            for tok in accepted + [bonus]:
+                if tok in eot:
+                    stats["stop"] = "end_of_turn"
+                    return
+                history.append(tok)
+                produced += 1
+                yield tok
+                if produced >= max_tokens:
+                    return
+    finally:
+        stats.update(verify_steps=steps, drafted_tokens=drafted, accepted_tokens=accepted_total,
+                     tokens_per_step=produced / steps if steps else 0.0,
+                     acceptance_rate=accepted_total / drafted if drafted else 0.0,
+                     draft_s=t_draft, verify_s=t_verify)
+
+
+def _truncate(tree: TokenTree, n: int) -> TokenTree:
+    """The first n nodes of a tree (parents precede children, so it stays a tree)."""
+    out = TokenTree(tree.tokens[0])
+    for i in range(1, n):
+        out.add(tree.tokens[i], tree.parents[i], tree.q[i])
+    return out

@@ -1,0 +1,125 @@
+"""Speculative decoding: greedy output identical to the target alone (tiny random models and
+real SmolLM2 / Qwen pairs), the sampling rule keeps the target's distribution, tree plumbing."""
+import numpy as np
+import pytest
+
+import edgert
+from edgert import speculative
+from edgert.errors import EdgeError
+from edgert.sampling import Sampler
+
+from tiny_llm import make_tiny_llm
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    return {name: make_tiny_llm(d / f"{name}.edge", seed) for name, seed in (("target", 1), ("other", 2))}
+
+
+def test_tree_mask_and_paths():
+    t = speculative.TokenTree(7)
+    a = t.add(1, 0)
+    b = t.add(2, a)
+    c = t.add(3, 0)
+    assert t.add(1, 0) == a  # an existing child is reused
+    assert t.depths == [0, 1, 2, 1] and t.path(b) == [1, 2] and t.path(c) == [3]
+    want = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1]], bool)
+    np.testing.assert_array_equal(t.mask(), want)
+
+
+def test_lookup_finds_the_continuation():
+    d = speculative.LookupDrafter(width=2, depth=4, budget=10)
+    history = [5, 6, 7, 8, 9, 1, 5, 6, 7]
+    tree = d.draft(history, Sampler(0.0))
+    assert tree.path(4) == [8, 9, 1, 5]  # the chain after the earlier "5 6 7"
+
+
+def _greedy(model, ids, n):
+    out = list(model.generate(list(ids), max_tokens=n, temperature=0.0, stop_at_eot=False))
+    return model.last_tokens, "".join(out)
+
+
+@pytest.mark.parametrize("draft", ["self", "other", "lookup"])
+@pytest.mark.parametrize("width,depth", [(1, 4), (3, 5)])
+def test_greedy_is_lossless_tiny(tiny, draft, width, depth):
+    """Whatever the drafts (always accepted, mostly rejected, model-free), greedy output equals
+    the target's own, token for token, on several prompts and lengths."""
+    target = edgert.load(tiny["target"], threads=1)
+    spec = edgert.load(tiny["target"], threads=1, tree_width=width, tree_depth=depth,
+                       draft={"self": tiny["target"], "other": tiny["other"], "lookup": "lookup"}[draft])
+    rng = np.random.default_rng(0)
+    for n_prompt, n_new in ((1, 20), (5, 33), (17, 60)):
+        ids = rng.integers(0, 96, n_prompt)
+        assert _greedy(spec, ids, n_new) == _greedy(target, ids, n_new), (n_prompt, n_new)
+    st = spec.stats
+    assert st["verify_steps"] > 0 and st["tokens_per_step"] >= 1
+    if draft == "self":  # a draft identical to the target is always right (siblings never are)
+        assert st["tokens_per_step"] > 2 and (width > 1 or st["acceptance_rate"] == 1.0)
+
+
+def test_context_end(tiny):
+    """Near the end of the context the tree shrinks and generation stops cleanly."""
+    spec = edgert.load(tiny["target"], threads=1, context=40, draft=tiny["target"], tree_width=2, tree_depth=6)
+    target = edgert.load(tiny["target"], threads=1, context=40)
+    ids = list(range(30))
+    assert _greedy(spec, ids, 50) == _greedy(target, ids, 50)
+    assert spec.stats["stop"] == target.stats["stop"] == "context_full"
+
+
+def _first_token_freqs(model, ids, runs, seed):
+    counts = np.zeros(model.config["vocab_size"])
+    for r in range(runs):
+        list(model.generate(list(ids), max_tokens=1, temperature=1.0, top_k=0, top_p=1.0, seed=seed + r,
+                            stop_at_eot=False))
+        counts[model.last_tokens[0]] += 1
+    return counts / runs
+
+
+@pytest.mark.parametrize("draft", ["other", "lookup"])
+def test_sampling_keeps_the_target_distribution(tmp_path, draft):
+    """With temperature 1, the first sampled token follows the target's softmax, although the
+    drafts come from a different distribution (another model, or a deterministic lookup)."""
+    vocab = 12
+    target_path = make_tiny_llm(tmp_path / "t.edge", 3, vocab=vocab, temperature=6.0)
+    other_path = make_tiny_llm(tmp_path / "o.edge", 4, vocab=vocab, temperature=6.0)
+    target = edgert.load(target_path, threads=1)
+    spec = edgert.load(target_path, threads=1, draft=other_path if draft == "other" else "lookup")
+    ids = [1, 2, 3, 4, 1, 2, 3]  # the lookup drafter proposes 4 after "1 2 3"
+    p = speculative._softmax(target.logits(ids)[-1])
+    if draft == "other":
+        q = speculative._softmax(edgert.load(other_path, threads=1).logits(ids)[-1])
+    else:
+        q = np.eye(vocab)[4]
+    assert 0.5 * np.abs(p - q).sum() > 0.2  # drafts alone would give a visibly different law
+    freq = _first_token_freqs(spec, ids, 3000, seed=11)
+    assert 0.5 * np.abs(freq - p).sum() < 0.05, (freq.round(3), p.round(3))
+
+
+def test_mismatched_tokenizers_are_refused(tmp_path, tiny):
+    other = make_tiny_llm(tmp_path / "v.edge", 5, vocab=97)
+    with pytest.raises(EdgeError, match="does not share the target's tokenizer"):
+        edgert.load(tiny["target"], draft=other)
+
+
+@pytest.mark.slow
+def test_greedy_is_lossless_smollm2(smollm2_edge, prompts):
+    """SmolLM2 with itself as the draft and with lookup trees: identical to the target alone."""
+    target = edgert.load(smollm2_edge, threads=1)
+    for draft in (smollm2_edge, "lookup"):
+        spec = edgert.load(smollm2_edge, threads=1, draft=draft, tree_width=3, tree_depth=6)
+        for prompt in prompts:
+            ids = target.tokenizer.encode(prompt)
+            assert _greedy(spec, ids, 40) == _greedy(target, ids, 40), (draft, prompt)
+
+
+@pytest.mark.slow
+def test_greedy_is_lossless_qwen_pair(qwen15_edge, qwen05_edge, prompts):
+    """The real draft/target pair (Qwen2.5-Coder 0.5B drafting for 1.5B), trees and chains."""
+    target = edgert.load(qwen15_edge, threads=1)
+    for width in (1, 3):
+        spec = edgert.load(qwen15_edge, threads=1, draft=qwen05_edge, tree_width=width, tree_depth=5)
+        for prompt in prompts[:3]:
+            ids = target.tokenizer.encode(prompt)
+            assert _greedy(spec, ids, 32) == _greedy(target, ids, 32), (width, prompt)
+        assert spec.stats["tokens_per_step"] > 1.5
