@@ -124,18 +124,74 @@ def _draft_probs(q, token: int, ids: np.ndarray):
     return dist[token], np.array([dist.get(int(t), 0.0) for t in ids])
 
 
+class Planner:
+    """How many tokens to draft, from what is observed: the draft's acceptance rate a (per
+    drafted spine token, decayed counts), the verification time as t0 + t1 * nodes (least
+    squares over recent steps) and the drafting time c per token. The spine length k
+    maximises expected tokens per second, (1 + a + ... + a^k) / (t0 + t1 (k + 1) + c k);
+    k = 0 is plain decoding, and after 16 such steps one 1-token draft refreshes the estimates.
+    Side branches pay only where one more verified node costs little against a whole step
+    (memory-bound targets): allowed while t1 < 0.25 (t0 + t1)."""
+
+    def __init__(self, depth: int, accept: float = 0.6):
+        self.depth = depth
+        self.hits, self.trials = 3.0 * accept, 3.0  # a prior worth three drafted tokens
+        self.steps: list[tuple[int, float]] = []    # (nodes verified, seconds), the last 32
+        self.per_draft = 0.0
+        self.idle = 0
+
+    def _fit(self) -> tuple[float, float]:
+        if len({n for n, _ in self.steps}) < 2:
+            mean = sum(t for _, t in self.steps) / len(self.steps) if self.steps else 1.0
+            return mean / 2, mean / 2  # until two sizes are seen: an extra node costs half a step
+        n = np.array([x for x, _ in self.steps], float)
+        t = np.array([y for _, y in self.steps])
+        t1, t0 = np.polyfit(n, t, 1)
+        return max(float(t0), 1e-6), max(float(t1), 0.0)
+
+    def spine(self) -> int:
+        t0, t1 = self._fit()
+        a = self.hits / self.trials
+        best_k, best, total, geo = 0, 1.0 / (t0 + t1), 1.0, 1.0
+        for k in range(1, self.depth + 1):
+            geo *= a
+            total += geo
+            rate = total / (t0 + t1 * (k + 1) + self.per_draft * k)
+            if rate > best:
+                best_k, best = k, rate
+        if best_k == 0:
+            self.idle += 1
+            if self.idle >= 16:
+                self.idle, best_k = 0, 1
+        return best_k
+
+    def branching(self) -> bool:
+        t0, t1 = self._fit()
+        return t1 < 0.25 * (t0 + t1)
+
+    def update(self, nodes: int, spine: int, accepted: int, t_draft: float, t_verify: float) -> None:
+        """After a verification of `nodes` nodes whose drafted spine had `spine` tokens, of
+        which the first `accepted` were kept."""
+        self.steps = (self.steps + [(nodes, t_verify)])[-32:]
+        if spine:
+            self.hits = 0.9 * self.hits + min(accepted, spine)
+            self.trials = 0.9 * self.trials + min(accepted, spine) + (accepted < spine)
+            self.per_draft = 0.8 * self.per_draft + 0.2 * t_draft / spine if self.per_draft else t_draft / spine
+
+
 class ModelDrafter:
-    """Drafts with a smaller model. Greedy: the spine follows the draft's top choice; at a
-    node where that choice has probability below `branch_p`, up to width - 1 runners-up of
-    probability >= min_p become siblings (leaves). The spine stops at `depth`, at the node
-    budget, or when the product of its probabilities falls below `threshold`, which rises
-    after rejections and falls after full acceptances. Sampling: a chain sampled from the
-    draft, one token per step, stopping on the same confidence rule."""
+    """Drafts with a smaller model. Greedy: the spine follows the draft's top choice for up to
+    Planner.spine() tokens, and stops early once the product of its probabilities falls below
+    `threshold`, which rises after rejections and falls after full acceptances (the
+    self-adjusting fallback). Where branching pays and the top choice has probability below
+    `branch_p`, up to width - 1 runners-up of probability >= min_p become siblings (leaves).
+    Sampling: a chain sampled from the draft, on the same rules."""
 
     def __init__(self, model, width: int = 3, depth: int = 8, budget: int = 16, min_p: float = 0.05,
                  branch_p: float = 0.8, threshold: float = 0.3):
-        self.model, self.width, self.depth, self.budget = model, width, depth, budget
+        self.model, self.width, self.budget = model, width, budget
         self.min_p, self.branch_p, self.threshold = min_p, branch_p, threshold
+        self.planner = Planner(depth)
         self.cache = model.new_cache()
         self.seen: list[int] = []  # tokens whose KV entries the draft cache holds, in order
         self.spine_len = 0
@@ -155,80 +211,87 @@ class ModelDrafter:
 
     def draft(self, history: list[int], sampler: Sampler) -> TokenTree:
         """A tree rooted at history[-1] (the pending token)."""
+        tree = TokenTree(history[-1])
+        self.spine_len = 0
+        k = min(self.planner.spine(), self.cache.capacity - len(history))
+        if k <= 0:
+            return tree
         common = 0
         limit = min(len(self.seen), len(history) - 1)
         while common < limit and self.seen[common] == history[common]:
             common += 1
         self.seen = self.seen[:common]
         self.cache.length = common
-        tree = TokenTree(history[-1])
         logits = self._feed(history[common:])
         node, conf = 0, 1.0
-        greedy = sampler.temperature == 0
-        room = min(self.cache.capacity - self.cache.length, self.depth)
-        for _ in range(room):
-            if len(tree) >= self.budget:
-                break
-            if greedy:
+        branch = sampler.temperature == 0 and self.width > 1 and self.planner.branching()
+        for _ in range(k):
+            if sampler.temperature == 0:
                 p = _softmax(logits)
                 order = np.argsort(-p)[: self.width]
                 top = int(order[0])
                 conf *= float(p[top])
                 nxt = tree.add(top, node)
-                if p[top] < self.branch_p:
+                if branch and p[top] < self.branch_p:
                     for alt in order[1:]:
                         if p[alt] >= self.min_p and len(tree) < self.budget:
                             tree.add(int(alt), node)
             else:
                 ids, p = sampler.probs(logits)
-                k = int(sampler.rng.choice(len(p), p=p))
-                conf *= float(p[k])
-                nxt = tree.add(int(ids[k]), node, q=(ids, p))
+                j = int(sampler.rng.choice(len(p), p=p))
+                conf *= float(p[j])
+                nxt = tree.add(int(ids[j]), node, q=(ids, p))
             node = nxt
-            if conf < self.threshold or len(tree) >= self.budget:
+            self.spine_len += 1
+            if conf < self.threshold or len(tree) >= self.budget or self.spine_len == k:
                 break
             logits = self._feed([tree.tokens[node]])
-        self.spine_len = tree.depths[node]
         return tree
 
-    def feedback(self, accepted: int) -> None:
-        """Adapt the stopping threshold to how much of the spine the target kept."""
-        if accepted >= self.spine_len:
-            self.threshold = max(0.02, self.threshold * 0.7)
-        elif accepted < self.spine_len // 2:
-            self.threshold = min(0.9, self.threshold * 1.3 + 0.02)
+    def feedback(self, tree: TokenTree, accepted: int, t_draft: float, t_verify: float) -> None:
+        spine_hits = accepted if accepted <= self.spine_len else self.spine_len
+        self.planner.update(len(tree), self.spine_len, spine_hits, t_draft, t_verify)
+        if self.spine_len:
+            if accepted >= self.spine_len:
+                self.threshold = max(0.02, self.threshold * 0.7)
+            elif accepted < self.spine_len // 2:
+                self.threshold = min(0.9, self.threshold * 1.3 + 0.02)
 
 
 class LookupDrafter:
     """Drafts without a second model. Prompt lookup: after the most recent earlier occurrence
-    of the last `ngram` (down to 1) tokens, the tokens that followed it form a chain. Token
+    of the last `ngram` (down to 1) tokens, the tokens that followed it form the spine. Token
     Recycling: for every token, the target's top `width` candidates seen after it in earlier
-    verifications (an adjacency of recently seen candidates) expand the tree breadth first."""
+    verifications (an adjacency of recently seen candidates) extend the spine where lookup
+    finds nothing and, where branching pays, expand the tree breadth first. Planner.spine()
+    bounds the spine."""
 
     def __init__(self, width: int = 3, depth: int = 6, budget: int = 16, ngram: int = 3):
-        self.width, self.depth, self.budget, self.ngram = width, depth, budget, ngram
+        self.width, self.budget, self.ngram = width, budget, ngram
+        self.planner = Planner(depth, accept=0.3)
         self.adjacency: dict[int, list[int]] = {}
+        self.spine_len = 0
 
     def start(self, prompt_ids) -> None:
         self.adjacency = {}
 
     def draft(self, history: list[int], sampler: Sampler) -> TokenTree:
         tree = TokenTree(history[-1])
-        chain = self._lookup(history)
-        if sampler.temperature > 0:
-            chain = chain[: self.depth]
+        k = self.planner.spine()
+        chain = self._lookup(history)[:k]
         node = 0
         for t in chain:
-            if len(tree) >= self.budget:
-                break
             node = tree.add(t, node, q=1.0)
-        if sampler.temperature > 0:  # sampling verifies a chain only
+        while tree.depths[node] < k and self.adjacency.get(tree.tokens[node]):
+            node = tree.add(self.adjacency[tree.tokens[node]][0], node, q=1.0)
+        self.spine_len = tree.depths[node]
+        if sampler.temperature > 0 or not self.planner.branching():  # sampling verifies a chain only
             return tree
         frontier = [0]
         while frontier and len(tree) < self.budget:
             nxt = []
             for i in frontier:
-                if tree.depths[i] >= self.depth:
+                if tree.depths[i] >= k:
                     continue
                 for t in self.adjacency.get(tree.tokens[i], ())[: self.width]:
                     if len(tree) >= self.budget:
@@ -245,7 +308,7 @@ class LookupDrafter:
             starts = np.flatnonzero(h[: len(h) - n] == tail[0])
             for s in starts[::-1]:
                 if np.array_equal(h[s:s + n], tail):
-                    return h[s + n: s + n + self.depth].tolist()
+                    return h[s + n:].tolist()
         return []
 
     def observe(self, tree: TokenTree, logits: np.ndarray) -> None:
@@ -255,8 +318,8 @@ class LookupDrafter:
             row = top[i][np.argsort(-logits[i, top[i]])]
             self.adjacency[t] = [int(x) for x in row]
 
-    def feedback(self, accepted: int) -> None:
-        pass
+    def feedback(self, tree: TokenTree, accepted: int, t_draft: float, t_verify: float) -> None:
+        self.planner.update(len(tree), self.spine_len, min(accepted, self.spine_len), t_draft, t_verify)
 
 
 def _softmax(logits) -> np.ndarray:
@@ -300,7 +363,7 @@ def generate_tokens(target, drafter, ids: np.ndarray, max_tokens: int, sampler: 
             t3 = time.perf_counter()
             if hasattr(drafter, "observe"):
                 drafter.observe(tree, logits)
-            drafter.feedback(len(accepted))
+            drafter.feedback(tree, len(accepted), t2 - t1, t3 - t2)
             t_draft += t2 - t1
             t_verify += t3 - t2
             steps += 1

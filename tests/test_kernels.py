@@ -124,7 +124,7 @@ def test_isa_switch():
 @pytest.mark.parametrize("fmt", FMTS)
 @pytest.mark.parametrize("N", [1, 7, 130])
 @pytest.mark.parametrize("Kd", [32, 96, 576])
-@pytest.mark.parametrize("n", [1, 3, 4, 9])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7])
 @pytest.mark.parametrize("route", [r for r, _ in _qmatmul_routes()])
 def test_qmatmul(fmt, N, Kd, n, adt, route):
     """Every route (NumPy twin, Numba portable and AVX2) on 1 token (decode), whole tiles of 4

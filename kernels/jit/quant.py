@@ -234,7 +234,7 @@ def _make_qmatmul(route):
         dot of the unsigned weight codes with xq, then q4_0: d * (xd * s - 8 * xs); q4_1:
         d * xd * s + m * xs; q8_0: d * xd * s. Work items are groups of ROW_GROUP rows; a
         group's weights (a few KB) stay in cache while every token passes over them, each
-        weight block unpacked once per 4 tokens."""
+        weight block unpacked once per 4 tokens (the last 1-3 tokens share one tile)."""
         N, nb = d.shape
         n, K = xq.shape
         if qs.size != N * nb * (32 if fmt == Q8_0 else 16) or K != nb * 32 or out.shape != (n, N):
@@ -248,10 +248,14 @@ def _make_qmatmul(route):
                 for r in range(r_lo, r_hi):
                     _dot_tile(4, route, q, d, xq, xd, out, r, t)
                 t += 4
-            while t < n:
-                for r in range(r_lo, r_hi):
+            rest = n - t  # 0..3 tokens: one tile of that size
+            for r in range(r_lo, r_hi):
+                if rest == 3:
+                    _dot_tile(3, route, q, d, xq, xd, out, r, t)
+                elif rest == 2:
+                    _dot_tile(2, route, q, d, xq, xd, out, r, t)
+                elif rest == 1:
                     _dot_tile(1, route, q, d, xq, xd, out, r, t)
-                t += 1
             if fmt != Q8_0:  # the offset term: m (q4_1) or -8 d (q4_0) times sum(x), per block
                 c = m if fmt == Q4_1 else d
                 cs = np.float32(1) if fmt == Q4_1 else np.float32(-8)
