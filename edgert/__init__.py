@@ -5,13 +5,21 @@
     for piece in m.generate("Hello", max_tokens=32, temperature=0.0):
         print(piece, end="")
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .errors import EdgeError  # noqa: E402
 
 
 def load(path: str, **kwargs):
-    """Open an .edge file; see edgert.model.Model for the keyword arguments."""
+    """Open an .edge file: a language model (edgert.model.Model) or, for kind "cnn", a
+    converted ONNX graph (edgert.classifier.Classifier: threads=, backend=); see those for
+    the keyword arguments."""
+    from .format import EdgeFile
+
+    if EdgeFile(path).header.get("kind") == "cnn":
+        from .classifier import Classifier
+
+        return Classifier(path, **kwargs)
     from .model import Model
 
     return Model(path, **kwargs)

@@ -82,11 +82,23 @@ def pull(name: str = DEFAULT_MODEL, force: bool = False) -> str:
     if name not in CATALOG:
         raise EdgeError(f"unknown model {name!r}; edgert pull knows: {', '.join(CATALOG)}")
     out = os.path.join(cache_dir(), CATALOG[name]["edge"])
-    if os.path.isfile(out) and not force:
+    if os.path.isfile(out) and not force and _current(out):
         return out
     gguf_path = fetch_gguf(name)
     from .convert import convert
 
-    print(f"edgert: converting to {out} (once)", file=sys.stderr)
+    print(f"edgert: converting to {out} (once per edgert version)", file=sys.stderr)
     convert(gguf_path, out, force=True)
     return out
+
+
+def _current(path: str) -> bool:
+    """True if the cached .edge file is intact and written by this edgert version's converter
+    (a newer converter may lay weights out differently, e.g. fused q/k/v)."""
+    from . import __version__
+    from .format import EdgeFile
+
+    try:
+        return EdgeFile(path).header.get("source", {}).get("converter") == f"edgert {__version__}"
+    except EdgeError:
+        return False
