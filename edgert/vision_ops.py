@@ -1,0 +1,217 @@
+"""Binders for the ops of converted ONNX graphs (kind "cnn"), registered into
+edgert.interpreter.OPS when that module loads. Values are float32 arrays in the graph's own
+layout (NCHW); see convert/onnx_graph.py for how ONNX nodes map to these ops and
+docs/CNN.md for their attributes and weight layouts.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import interpreter
+from .kernels.ref.conv import GROUP, apply_act
+from .kernels.ref.pool import pool
+
+
+def _int_tensor(it, name):
+    return np.ascontiguousarray(it.weights.edge.tensor(name))
+
+
+def _bind_conv(it, op, st):
+    """conv: kind depthwise (weight f32[C, kh*kw], bias f32[C]) or gemm / im2col (block layout
+    vals, idx, ptr, bias with `group` groups); one image of the batch at a time."""
+    K, a = it.K, op["attrs"]
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    n, c = x.shape[:2]
+    cout, oh, ow = out.shape[1:]
+    act = np.array(a["act"], np.float32)
+    kh, kw = a["kernel"]
+    sh, sw = a["strides"]
+    pt, pl = a["pads"][:2]
+    dh, dw = a["dilations"]
+    w = op["w"]
+    if a["kind"] == "depthwise":
+        weight, bias = it.weights.get(w["weight"]), it.weights.get(w["bias"])
+
+        def run():
+            for i in range(n):
+                K.depthwise_conv(x[i], weight, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out[i])
+        return run
+    vals = it.weights.get(w["vals"]).reshape(-1, GROUP)
+    idx, ptr, bias = _int_tensor(it, w["idx"]), _int_tensor(it, w["ptr"]), it.weights.get(w["bias"])
+    group = a["group"]
+    cg, cin = cout // group, c // group
+    nb = -(-cg // GROUP)
+    parts = [(ptr[g * (nb + 1):(g + 1) * (nb + 1)], bias[g * nb * GROUP:(g + 1) * nb * GROUP]) for g in range(group)]
+    out2 = out.reshape(n, cout, oh * ow)
+    if a["kind"] == "gemm":
+        x2 = x.reshape(n, c, -1)
+
+        def run():
+            for i in range(n):
+                K.conv_gemm(x2[i], vals, idx, ptr, bias, act, out2[i])
+        return run
+    cols = np.empty((cin * kh * kw, oh, ow), np.float32)
+    cols2 = cols.reshape(cin * kh * kw, oh * ow)
+
+    def run():
+        for i in range(n):
+            for g, (p, b) in enumerate(parts):
+                K.im2col(x[i, g * cin:(g + 1) * cin], kh, kw, sh, sw, pt, pl, dh, dw, cols)
+                K.conv_gemm(cols2, vals, idx, p, b, act, out2[i, g * cg:(g + 1) * cg])
+    return run
+
+
+def _bind_dense(it, op, st):
+    """dense: out [..., N] = x [..., K] @ weight f32[K, N] + bias (a row [N], else broadcast
+    afterwards, e.g. Gemm's [M, N] C)."""
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    w = it.weights.get(op["w"]["weight"])
+    k, n = w.shape
+    bias = it.weights.get(op["w"]["bias"]) if "bias" in op["w"] else np.zeros(n, np.float32)
+    row = bias.reshape(n) if bias.size == n else np.zeros(n, np.float32)
+    x2, o2 = x.reshape(-1, k), out.reshape(-1, n)
+    if bias.size == n:
+        return lambda: it.K.dense(x2, w, row, o2)
+
+    def run():
+        it.K.dense(x2, w, row, o2)
+        np.add(out, bias, out=out)
+    return run
+
+
+def _bind_matmul(it, op, st):
+    a, b = (st.env[v] for v in op["in"])
+    out = st.env[op["out"][0]]
+    if a.ndim == 1 or b.ndim == 1:  # NumPy's matmul drops the 1-D operand's axis, as ONNX does
+        return lambda: np.copyto(out, np.matmul(a, b).reshape(out.shape))
+    return lambda: np.matmul(a, b, out=out)
+
+
+def _bind_act(it, op, st):
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    act = np.array(op["attrs"]["act"], np.float32)
+    return lambda: apply_act(x, act, out)
+
+
+def _bind_sigmoid(it, op, st):
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+
+    def run():
+        with np.errstate(over="ignore"):
+            np.exp(np.negative(x, out=out), out=out)
+        np.add(out, 1, out=out)
+        np.reciprocal(out, out=out)
+    return run
+
+
+def _bind_affine(it, op, st):
+    """affine (an unfolded BatchNormalization): out = x * scale[c] + shift[c] along axis 1."""
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    tail = (1,) * max(0, x.ndim - 2)
+    s = it.weights.get(op["w"]["scale"]).reshape(-1, *tail)
+    t = it.weights.get(op["w"]["shift"]).reshape(-1, *tail)
+
+    def run():
+        np.multiply(x, s, out=out)
+        np.add(out, t, out=out)
+    return run
+
+
+_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
+
+
+def _bind_binary(it, op, st):
+    a, b = (st.env[v] for v in op["in"])
+    out = st.env[op["out"][0]]
+    fn = _BINARY[op["attrs"]["fn"]]
+    return lambda: fn(a, b, out=out)
+
+
+def _bind_concat(it, op, st):
+    ins = [st.env[v] for v in op["in"]]
+    out, axis = st.env[op["out"][0]], op["attrs"]["axis"]
+    return lambda: np.concatenate(ins, axis=axis, out=out)
+
+
+def _bind_transpose(it, op, st):
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    view = x.transpose(op["attrs"]["perm"])
+    return lambda: np.copyto(out, view)
+
+
+def _bind_softmax(it, op, st):
+    """Softmax along `axis`; legacy (opset < 13): over all axes from `axis` on, flattened."""
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    axis, legacy = op["attrs"]["axis"], op["attrs"]["legacy"]
+    if legacy or axis == x.ndim - 1:
+        rows = int(np.prod(x.shape[:axis])) if legacy else int(np.prod(x.shape[:-1]))
+        x2, o2 = x.reshape(rows, -1), out.reshape(rows, -1)
+        return lambda: it.K.softmax(x2, o2)
+
+    def run():
+        np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+        np.exp(out, out=out)
+        np.divide(out, out.sum(axis=axis, keepdims=True), out=out)
+    return run
+
+
+def _bind_pad(it, op, st):
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    a = op["attrs"]
+    r = x.ndim
+    width = [(a["pads"][d], a["pads"][r + d]) for d in range(r)]
+    kw = {"constant_values": a["value"]} if a["mode"] == "constant" else {}
+    return lambda: np.copyto(out, np.pad(x, width, mode=a["mode"], **kw))
+
+
+def _bind_reduce(it, op, st):
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    axes, keep = tuple(op["attrs"]["axes"]), op["attrs"]["keepdims"]
+    return lambda: np.copyto(out, np.mean(x, axis=axes, keepdims=keep).reshape(out.shape))
+
+
+def _bind_global_pool(it, op, st):
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    axes = tuple(range(2, x.ndim))
+    fn = np.mean if op["attrs"]["mode"] == "avg" else np.max
+    return lambda: fn(x, axis=axes, keepdims=True, out=out)
+
+
+def _bind_pool(it, op, st):
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    a = op["attrs"]
+    return lambda: pool(x, a["mode"], a["kernel"], a["strides"], a["dilations"], a["pads"],
+                        a["count_include_pad"], out)
+
+
+def _bind_reshape(it, op, st):
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    flat = x.reshape(out.shape)
+    return lambda: np.copyto(out, flat)
+
+
+def _bind_const(it, op, st):
+    out = st.env[op["out"][0]]
+    w = it.weights.get(op["w"]["value"]).reshape(out.shape)
+    return lambda: np.copyto(out, w)
+
+
+OPS = {
+    "conv": _bind_conv,
+    "dense": _bind_dense,
+    "matmul": _bind_matmul,
+    "act": _bind_act,
+    "sigmoid": _bind_sigmoid,
+    "affine": _bind_affine,
+    "binary": _bind_binary,
+    "concat": _bind_concat,
+    "transpose": _bind_transpose,
+    "softmax": _bind_softmax,
+    "pad": _bind_pad,
+    "reduce": _bind_reduce,
+    "global_pool": _bind_global_pool,
+    "pool": _bind_pool,
+    "reshape": _bind_reshape,
+    "const": _bind_const,
+}
+interpreter.OPS.update(OPS)

@@ -1,0 +1,157 @@
+"""Convolution kernels, both backends, against float64 references written here (direct loops
+and dense products of the test's own weights), on odd shapes; group pruning and the block
+layout."""
+import importlib.util
+import zlib
+
+import numpy as np
+import pytest
+
+from edgert import kernels
+from edgert.convert.prune import GROUP, block_layout, dense_from_blocks, group_sparsity, prune_groups
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+BACKENDS = ["ref", pytest.param("jit", marks=pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed"))]
+BIG = 3.4e38
+ACTS = {  # (a, b, lo, hi, m) and the float64 function it must compute
+    "identity": ([1, 0, -BIG, BIG, 0], lambda y: y),
+    "relu": ([1, 0, 0, BIG, 0], lambda y: np.maximum(y, 0)),
+    "relu6": ([1, 0, 0, 6, 0], lambda y: np.clip(y, 0, 6)),
+    "hardswish": ([1 / 6, 0.5, 0, 1, 1], lambda y: y * np.clip(y / 6 + 0.5, 0, 1)),
+    "hardsigmoid": ([0.2, 0.5, 0, 1, 0], lambda y: np.clip(0.2 * y + 0.5, 0, 1)),
+}
+
+
+@pytest.fixture(params=BACKENDS)
+def K(request):
+    return kernels.load(request.param)
+
+
+def _rng(*key):
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def _direct_conv(x, w, bias, stride, pads, dil, groups):
+    """float64 reference: x [C, H, W], w [Cout, C/groups, kh, kw], pads (top, left, bottom, right)."""
+    c, h, wd = x.shape
+    cout, cg, kh, kw = w.shape
+    xp = np.zeros((c, h + pads[0] + pads[2], wd + pads[1] + pads[3]))
+    xp[:, pads[0]:pads[0] + h, pads[1]:pads[1] + wd] = x
+    oh = (xp.shape[1] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (xp.shape[2] - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((cout, oh, ow))
+    per = cout // groups
+    for o in range(cout):
+        g = o // per
+        for ci in range(cg):
+            for i in range(kh):
+                for j in range(kw):
+                    r0, c0 = i * dil[0], j * dil[1]
+                    out[o] += w[o, ci, i, j] * xp[g * cg + ci, r0:r0 + (oh - 1) * stride[0] + 1:stride[0],
+                                                  c0:c0 + (ow - 1) * stride[1] + 1:stride[1]]
+        out[o] += bias[o]
+    return out
+
+
+@pytest.mark.parametrize("cout,k,p", [(4, 3, 1), (7, 5, 31), (16, 24, 33), (13, 40, 49), (64, 17, 257),
+                                      (1, 1, 16)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.6])
+@pytest.mark.parametrize("act", list(ACTS))
+def test_conv_gemm(K, cout, k, p, sparsity, act):
+    rng = _rng("gemm", cout, k, p, sparsity, act)
+    w = rng.standard_normal((cout, k)).astype(np.float32)
+    if sparsity:  # zero whole (GROUP x 1) groups, chosen here at random
+        rows = -(-cout // GROUP)
+        keep = rng.random((rows, k)) >= sparsity
+        w *= np.repeat(keep, GROUP, axis=0)[:cout]
+    x = rng.standard_normal((k, p)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    params, fn = ACTS[act]
+    vals, idx, ptr, b = block_layout(w, bias)
+    out = np.full((cout, p), np.nan, np.float32)
+    K.conv_gemm(x, vals, idx, ptr, b, np.array(params, np.float32), out)
+    want = fn(w.astype(np.float64) @ x + bias[:, None])
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,h,w,k,stride,pads,dil", [
+    (3, 7, 9, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    (5, 12, 11, 3, (2, 2), (0, 0, 1, 1), (1, 1)),   # TF "same" padding after a stride-2 conv
+    (4, 14, 14, 5, (2, 2), (2, 2, 2, 2), (1, 1)),
+    (2, 9, 10, 5, (1, 1), (2, 1, 3, 0), (1, 1)),
+    (3, 10, 10, 3, (1, 2), (2, 2, 2, 2), (2, 2)),   # dilation, mixed strides
+    (6, 1, 1, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    (7, 28, 28, 7, (3, 3), (3, 3, 3, 3), (1, 1)),
+])
+def test_depthwise_conv(K, c, h, w, k, stride, pads, dil):
+    rng = _rng("dw", c, h, w, k, stride, pads, dil)
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    want = _direct_conv(x.astype(np.float64), wt.astype(np.float64), bias, stride, pads, dil, c)
+    params, fn = ACTS["relu6"]
+    out = np.full(want.shape, np.nan, np.float32)
+    K.depthwise_conv(x, wt.reshape(c, k * k), bias, k, k, *stride, pads[0], pads[1], *dil,
+                     np.array(params, np.float32), out)
+    np.testing.assert_allclose(out, fn(want), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,h,w,kh,kw,stride,pads,dil,groups,cout", [
+    (3, 15, 16, 3, 3, (2, 2), (0, 0, 1, 1), (1, 1), 1, 8),
+    (4, 9, 7, 2, 3, (1, 2), (1, 0, 0, 2), (2, 1), 2, 6),
+    (6, 8, 8, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 3, 9),
+])
+def test_im2col_then_gemm(K, c, h, w, kh, kw, stride, pads, dil, groups, cout):
+    rng = _rng("im2col", c, h, w, kh, kw, stride, groups)
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((cout, c // groups, kh, kw)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    want = _direct_conv(x.astype(np.float64), wt.astype(np.float64), bias, stride, pads, dil, groups)
+    oh, ow = want.shape[1:]
+    cg, per = c // groups, cout // groups
+    out = np.empty((cout, oh * ow), np.float32)
+    cols = np.empty((cg * kh * kw, oh, ow), np.float32)
+    for g in range(groups):
+        K.im2col(x[g * cg:(g + 1) * cg], kh, kw, *stride, pads[0], pads[1], *dil, cols)
+        vals, idx, ptr, b = block_layout(wt[g * per:(g + 1) * per].reshape(per, -1), bias[g * per:(g + 1) * per])
+        K.conv_gemm(cols.reshape(len(cols), -1), vals, idx, ptr, b, np.array(ACTS["identity"][0], np.float32),
+                    out[g * per:(g + 1) * per])
+    np.testing.assert_allclose(out.reshape(want.shape), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1280, 1000), (3, 7, 5), (2, 64, 129)])
+def test_dense(K, m, k, n):
+    rng = _rng("dense", m, k, n)
+    x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    out = np.empty((m, n), np.float32)
+    K.dense(x, w, bias, out)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w + bias, rtol=1e-5, atol=1e-3)
+
+
+def test_prune_groups_removes_the_smallest_groups():
+    rng = _rng("prune")
+    w = rng.standard_normal((10, 37)).astype(np.float32)
+    pruned = prune_groups(w, 0.5)
+    rows = -(-10 // GROUP)
+    padded = np.zeros((rows * GROUP, 37))
+    padded[:10] = w
+    norms = np.sqrt((padded.reshape(rows, GROUP, 37) ** 2).sum(axis=1))
+    zero = ~np.any(np.vstack([pruned, np.zeros((rows * GROUP - 10, 37))]).reshape(rows, GROUP, 37) != 0, axis=1)
+    assert zero.sum() == round(0.5 * rows * 37)
+    assert norms[zero].max() <= norms[~zero].min()  # magnitude order
+    np.testing.assert_array_equal(pruned[np.repeat(~zero, GROUP, axis=0)[:10]], w[np.repeat(~zero, GROUP, axis=0)[:10]])
+    assert group_sparsity(pruned) == pytest.approx(zero.mean())
+    with pytest.raises(ValueError):
+        prune_groups(w, 1.0)
+
+
+def test_block_layout_round_trip_and_compression():
+    rng = _rng("layout")
+    w = rng.standard_normal((9, 20)).astype(np.float32)
+    w[:4, 3] = 0  # one whole group of block 0
+    w[4:8, :10] = 0  # ten groups of block 1
+    vals, idx, ptr, b = block_layout(w)
+    assert len(ptr) == 4 and ptr[-1] == len(idx) == 3 * 20 - 11
+    assert vals.shape == (len(idx), GROUP) and idx.dtype == np.int32 and ptr.dtype == np.int32
+    np.testing.assert_array_equal(dense_from_blocks(vals, idx, ptr, 20, 9), w)
