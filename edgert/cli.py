@@ -109,10 +109,17 @@ def cmd_info(args) -> int:
         return 0
     c = info["config"] or {}
     print(f"{info['path']}: {info['file_mb']} MB, {info['kind']} model")
-    if c:
+    if c and info["kind"] == "llm":
         print(f"  architecture  {c.get('arch')}: {c.get('n_layers')} layers, d_model {c.get('d_model')}, "
               f"d_ff {c.get('d_ff')}, heads {c.get('n_head')} (kv {c.get('n_kv_head')}) x {c.get('head_dim')}, "
               f"vocab {c.get('vocab_size')}, context {c.get('context_length')}")
+    elif c:
+        shapes = {name: spec["shape"] for name, spec in h.get("program", {}).get("inputs", {}).items()}
+        labels = c.get("labels")
+        print(f"  graph         {c.get('arch')}: inputs {shapes}, outputs {c.get('outputs')}, "
+              f"{len(labels) if labels else 'no'} labels, pruned {c.get('prune', 0):.0%}")
+        if c.get("preprocess"):
+            print("  preprocess    " + ", ".join(f"{k}={v}" for k, v in c["preprocess"].items()))
     print(f"  tensors       {info['tensors']}: " + ", ".join(f"{n} {k}" for k, n in sorted(dtypes.items())))
     print(f"  ops           {info['ops']}")
     if info["source"]:
