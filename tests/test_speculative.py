@@ -63,6 +63,7 @@ def test_greedy_is_lossless_tiny(tiny, draft, width, depth):
     target = edgert.load(tiny["target"], threads=1)
     spec = edgert.load(tiny["target"], threads=1, tree_width=width, tree_depth=depth,
                        draft={"self": tiny["target"], "other": tiny["other"], "lookup": "lookup"}[draft])
+    _always_draft(spec, depth, width > 1)
     rng = np.random.default_rng(0)
     for n_prompt, n_new in ((1, 20), (5, 33), (17, 60)):
         ids = rng.integers(0, 96, n_prompt)
@@ -70,7 +71,7 @@ def test_greedy_is_lossless_tiny(tiny, draft, width, depth):
     st = spec.stats
     assert st["verify_steps"] > 0 and st["tokens_per_step"] >= 1
     if draft == "self":  # a draft identical to the target is always right (siblings never are)
-        assert st["drafted_tokens"] > 0 and (width > 1 or st["acceptance_rate"] == 1.0)
+        assert st["tokens_per_step"] > 2 and (width > 1 or st["acceptance_rate"] == 1.0)
 
 
 def test_context_end(tiny):
@@ -117,15 +118,24 @@ def test_mismatched_tokenizers_are_refused(tmp_path, tiny):
         edgert.load(tiny["target"], draft=other)
 
 
+def _always_draft(model, depth, branch):
+    """Make the model's drafter draft `depth` tokens every step (and branch if asked), whatever
+    its planner would choose, so that the tests exercise trees."""
+    model.drafter.planner.spine = lambda: depth
+    model.drafter.planner.branching = lambda: branch
+    return model
+
+
 @pytest.mark.slow
 def test_greedy_is_lossless_smollm2(smollm2_edge, prompts):
     """SmolLM2 with itself as the draft and with lookup trees: identical to the target alone."""
     target = edgert.load(smollm2_edge, threads=1)
     for draft in (smollm2_edge, "lookup"):
-        spec = edgert.load(smollm2_edge, threads=1, draft=draft, tree_width=3, tree_depth=6)
+        spec = _always_draft(edgert.load(smollm2_edge, threads=1, draft=draft, tree_width=3), 6, True)
         for prompt in prompts:
             ids = target.tokenizer.encode(prompt)
             assert _greedy(spec, ids, 40) == _greedy(target, ids, 40), (draft, prompt)
+        assert spec.stats["drafted_tokens"] > 0
 
 
 @pytest.mark.slow
@@ -133,8 +143,8 @@ def test_greedy_is_lossless_qwen_pair(qwen15_edge, qwen05_edge, prompts):
     """The real draft/target pair (Qwen2.5-Coder 0.5B drafting for 1.5B), trees and chains."""
     target = edgert.load(qwen15_edge, threads=1)
     for width in (1, 3):
-        spec = edgert.load(qwen15_edge, threads=1, draft=qwen05_edge, tree_width=width, tree_depth=5)
+        spec = _always_draft(edgert.load(qwen15_edge, threads=1, draft=qwen05_edge, tree_width=width), 4, width > 1)
         for prompt in prompts[:3]:
             ids = target.tokenizer.encode(prompt)
             assert _greedy(spec, ids, 32) == _greedy(target, ids, 32), (width, prompt)
-        assert spec.stats["tokens_per_step"] > 1.5
+        assert spec.stats["tokens_per_step"] > 1.5  # the pair agrees on most drafted tokens
