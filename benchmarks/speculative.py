@@ -2,13 +2,17 @@
 
     python benchmarks/speculative.py [--target qwen2.5-coder-1.5b] [--draft qwen2.5-coder-0.5b]
                                      [--threads 1] [--max-tokens 128] [--prompts 12]
+                                     [--memory-budget 900MB]
 
 Prints one JSON object. Greedy decoding on fixed coding and chat prompts (the model's chat
 template); every mode must produce the target's own tokens (checked here, run by run). Per
 mode: mean speedup over the target alone (wall time of generate, prefill included), tokens
 per verification step, acceptance rate, time split between drafting and verifying. Models
 come from ../shared/models/fetch_models.py and are converted once into ~/.cache/edgert/bench/
-(shared with benchmarks/decode.py). The machine is shared: compare within one run.
+(shared with benchmarks/decode.py). With --memory-budget the target streams its weights under
+that budget in every mode (the draft stays resident): the memory-limited setting, where one
+verification costs about the same for 1 node as for a tree. The machine is shared: compare
+within one run.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ PROMPTS = [
     "Why is the sky blue? Answer briefly.",
     "Write a haiku about compilers.",
 ]
-MODES = {  # name -> edgert.load keyword arguments (besides the target path)
+MODES = {  # name -> Model.set_draft keyword arguments
     "tree": lambda draft: dict(draft=draft, tree_width=3, tree_depth=8),
     "linear": lambda draft: dict(draft=draft, tree_width=1, tree_depth=8),
     "lookup": lambda draft: dict(draft="lookup", tree_width=3, tree_depth=6),
@@ -50,20 +54,26 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--prompts", type=int, default=len(PROMPTS))
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--memory-budget", default=None, help="stream the target's weights within this budget")
     args = ap.parse_args()
 
     import edgert
 
     target_path = edge_path(args.target, gguf_path(args.target))
     draft_path = edge_path(args.draft, gguf_path(args.draft))
-    models = {"target": edgert.load(target_path, threads=args.threads)}
-    for mode in args.modes:
-        models[mode] = edgert.load(target_path, threads=args.threads, **MODES[mode](draft_path))
+    budget = {"memory_budget": args.memory_budget} if args.memory_budget else {}
+    m = edgert.load(target_path, threads=args.threads, **budget)  # one target (one weight store) for all modes
+    small = edgert.load(draft_path, threads=args.threads)  # resident, shared by the model-draft modes
+    drafters = {"target": None}
+    for mode in args.modes:  # each mode's drafter keeps what its planner learns across prompts
+        m.set_draft(**MODES[mode](small))
+        drafters[mode] = m.drafter
     prompts = PROMPTS[: args.prompts]
-    runs = {name: [] for name in models}
+    runs = {name: [] for name in drafters}
     for prompt in prompts:
         messages = [{"role": "user", "content": prompt}]
-        for name, m in models.items():
+        for name, drafter in drafters.items():
+            m.drafter = drafter
             t0 = time.perf_counter()
             m.chat(messages, max_tokens=args.max_tokens, temperature=0.0)
             wall = time.perf_counter() - t0
@@ -85,6 +95,7 @@ def main() -> None:
         }
     print(json.dumps({"benchmark": "speculative", "target": args.target, "draft": args.draft,
                       "threads": args.threads, "max_tokens": args.max_tokens, "prompts": len(prompts),
+                      "memory_budget": args.memory_budget,
                       "load_avg": os.getloadavg(), "results": results}, indent=2))
 
 

@@ -56,7 +56,14 @@ class Model:
         limit = int(self.config["context_length"])
         self.context = min(context or min(limit, DEFAULT_CONTEXT), limit)
         self.stats: dict = {}
-        self.drafter = None if draft is None else self._drafter(draft, tree_width, tree_depth, threads, backend)
+        self._threads, self._backend = threads, backend
+        self.set_draft(draft, tree_width, tree_depth)
+
+    def set_draft(self, draft=None, tree_width: int = 3, tree_depth: int = 8) -> None:
+        """Speculative decoding from now on with `draft`: "lookup" (no second model), a draft
+        model (path or Model with the same tokenizer), or None for plain decoding."""
+        self.drafter = None if draft is None else self._drafter(draft, tree_width, tree_depth, self._threads,
+                                                                self._backend)
 
     def _drafter(self, draft, width: int, depth: int, threads, backend):
         """A drafter for speculative decoding: "lookup", or a draft model (path or Model)."""
