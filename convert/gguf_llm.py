@@ -108,8 +108,30 @@ def _fuse(plans: list) -> list:
     return [replace.get(p[0], p) for p in plans if p[0] not in drop]
 
 
-def convert_gguf(src: str, out: str, quant: str = "q4_1", force: bool = False, progress: bool = True) -> dict:
-    """Convert a GGUF LLM to .edge at `out`; returns a summary dict."""
+def convert_gguf(src: str, out: str, quant: str = "q4_1", force: bool = False, progress: bool = True,
+                 sparsify: float | None = None) -> dict:
+    """Convert a GGUF LLM to .edge at `out`; returns a summary dict. sparsify: a target
+    activation sparsity -- the dense conversion goes to a temporary file beside `out`, then
+    convert.sparsify bundles its FFNs per neuron and calibrates thresholds into `out`."""
+    if sparsify is not None:
+        from .sparsify import sparsify_edge
+
+        if os.path.exists(out) and not force:
+            raise EdgeError(f"{out} exists; pass --force to overwrite it")
+        dense = f"{out}.dense-tmp"
+        try:
+            summary = convert_gguf(src, dense, quant=quant, force=True, progress=progress)
+            summary.update(sparsify_edge(dense, out, sparsify, force=force, progress=progress), output=out)
+        finally:
+            if os.path.exists(dense):
+                os.remove(dense)
+        from edgert.format import EdgeFile
+
+        counts: dict = {}
+        for t in EdgeFile(out).header["tensors"].values():
+            counts[t["dtype"]] = counts.get(t["dtype"], 0) + 1
+        summary["tensors"] = counts
+        return summary
     if quant not in QUANT_CHOICES:
         raise EdgeError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANT_CHOICES)}")
     if os.path.exists(out) and not force:

@@ -23,6 +23,8 @@ def _load(args):
     draft = {}
     if getattr(args, "draft", None):
         draft = dict(draft=args.draft, tree_width=args.tree_width, tree_depth=args.tree_depth)
+    if getattr(args, "memory_budget", None):
+        draft["memory_budget"] = args.memory_budget
     return load(_model_path(args.model), threads=args.threads, backend=args.backend, context=args.ctx, **draft)
 
 
@@ -74,6 +76,11 @@ def cmd_run(args) -> int:
         print(f"speculative: {s['tokens_per_step']:.2f} tokens per verification ({s['verify_steps']} steps), "
               f"{100 * s['acceptance_rate']:.0f}% of {s['drafted_tokens']} drafted tokens accepted, "
               f"drafting {s['draft_s']:.2f} s · verifying {s['verify_s']:.2f} s", file=sys.stderr)
+    if m.plan is not None:
+        per_tok = s.get("read_bytes_per_token")
+        print(f"memory budget {m.plan.budget / 2**20:.0f} MB: peak memory {s['peak_rss_mb']:.0f} MB · read from storage "
+              + (f"{per_tok / 2**20:.1f} MB per token" if per_tok is not None else "nothing while decoding"),
+              file=sys.stderr)
     return 0
 
 
@@ -87,6 +94,10 @@ def cmd_convert(args) -> int:
         onnx_options = dict(prune=args.prune, labels=args.labels, preprocess=pre or None, calibration=args.calibrate)
     elif args.prune or args.labels or args.mean or args.std or args.calibrate:
         raise EdgeError("--prune, --calibrate, --labels, --mean and --std apply to .onnx sources")
+    if args.bundle_ffn != (args.sparsify is not None):
+        raise EdgeError("sparse windowing needs both --bundle-ffn and --sparsify S (e.g. --sparsify 0.3)")
+    if args.sparsify is not None:
+        onnx_options["sparsify"] = args.sparsify
     summary = convert(args.source, out, quant=args.quant, force=args.force, **onnx_options)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary["tensors"].items()))
     print(f"wrote {out}: {summary['bytes'] / 1e6:.1f} MB, {summary['arch']}, tensors: {kinds}", file=sys.stderr)
@@ -204,6 +215,9 @@ def parser() -> argparse.ArgumentParser:
                         "'lookup' drafts from the text so far (no second model); output is the model's own")
     p.add_argument("--tree-width", type=int, default=3, help="draft tree: alternatives per node (default 3)")
     p.add_argument("--tree-depth", type=int, default=8, help="draft tree: longest path (default 8)")
+    p.add_argument("--memory-budget", metavar="SIZE",
+                   help="run within SIZE of memory (e.g. 400MB, 1.5GB) for the whole process: weights that do "
+                        "not fit stream from storage each token; prints the bytes read per token and peak memory")
     p.add_argument("--image", help="CNN models: classify this image file")
     p.add_argument("--top", type=int, default=5, help="CNN models: how many classes to print (default 5)")
     _add_runtime_options(p)
@@ -216,6 +230,13 @@ def parser() -> argparse.ArgumentParser:
                    help="format for tensors edgert does not run natively; with q4_0/q4_1 the attention, "
                         "ffn_up/ffn_down and output weights get q8_0 (kept formats are lossless)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--bundle-ffn", action="store_true",
+                   help="GGUF: store each FFN neuron's up row and down column together (sparse windowing; "
+                        "with --sparsify)")
+    p.add_argument("--sparsify", type=float, default=None, metavar="S",
+                   help="GGUF: target activation sparsity (0..1) with per-layer thresholds calibrated on "
+                        "English text; reading and computing skip inactive FFN neurons (quality cost: "
+                        "Qwen2.5-Coder-1.5B perplexity +6%% at 0.3, +33%% at 0.5)")
     p.add_argument("--prune", type=float, default=0.0, metavar="S",
                    help="ONNX: zero this fraction (0..1) of each 1x1 conv's weight groups, smallest first")
     p.add_argument("--calibrate", nargs="+", metavar="IMAGE",

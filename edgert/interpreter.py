@@ -104,12 +104,15 @@ class _Step:
 
 
 class Interpreter:
-    def __init__(self, program: dict, edge, backend: str | None = None, weights: str | None = None):
-        """weights: None keeps quantized tensors as stored; "f32" or "int8" expands them (see Weights)."""
+    def __init__(self, program: dict, edge, backend: str | None = None, weights: str | None = None,
+                 store=None):
+        """weights: None keeps quantized tensors as stored; "f32" or "int8" expands them (see Weights).
+        store: an edgert.weightstore.WeightStore that reads the weights under a memory budget."""
         validate(program, edge.header["tensors"], OPS)
         self.program = program
         self.K = kernel_registry.load(backend)
-        self.weights = Weights(edge, self.K, weights)
+        self.store = store
+        self.weights = store.weights(edge, self.K, weights) if store else Weights(edge, self.K, weights)
         self.cache: KVCache | None = None
         self._steps: dict = {}
 
@@ -158,6 +161,8 @@ class Interpreter:
 
     def bind(self, op: dict, st: _Step):
         """Resolve op to a zero-argument callable over the step's buffers."""
+        if self.store is not None:
+            return self.store.bind(self, op, st, OPS[op["op"]])
         return OPS[op["op"]](self, op, st)
 
 
@@ -205,14 +210,7 @@ def _bind_linear(it, op, st):
             add_bias()
         return run
     fmt, d, m, qs = w
-    rows, kdim = x.shape
-    scratch = st.act_scratch.get((rows, kdim))
-    if scratch is None:
-        blocks = np.zeros((2, rows, kdim // 32), np.float32)
-        scratch = st.act_scratch[rows, kdim] = [np.zeros((rows, kdim), ACT_DTYPE), blocks[0], blocks[1], None]
-    xq, xd, xs, last = scratch
-    fresh = last != src  # ops run in bind order: a linear right after another on the same input reuses it
-    scratch[3] = src
+    xq, xd, xs, fresh = act_scratch(st, src, x)
 
     def run():
         if fresh:
@@ -220,6 +218,20 @@ def _bind_linear(it, op, st):
         K.qmatmul(fmt, xq, xd, xs, d, m, qs, out)
         add_bias()
     return run
+
+
+def act_scratch(st, src: str, x):
+    """(xq, xd, xs, fresh): the step's quantized-activation scratch for x's shape (shared by
+    all linears of that shape), and whether x (value src) must be quantized into it. Ops run
+    in bind order, so a linear right after another on the same input reuses its quantization."""
+    rows, kdim = x.shape
+    scratch = st.act_scratch.get((rows, kdim))
+    if scratch is None:
+        blocks = np.zeros((2, rows, kdim // 32), np.float32)
+        scratch = st.act_scratch[rows, kdim] = [np.zeros((rows, kdim), ACT_DTYPE), blocks[0], blocks[1], None]
+    fresh = scratch[3] != src
+    scratch[3] = src
+    return scratch[0], scratch[1], scratch[2], fresh
 
 
 def _float_product(x, w, out):

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import chat as chat_template
 from . import kernels, speculative
+from .budget import MB, parse_size, peak_rss, plan_memory, rss_now
 from .errors import EdgeError
 from .format import EdgeFile
 from .interpreter import Interpreter
@@ -34,11 +35,14 @@ class Model:
     the model's, at most 8192; memory is committed only as positions fill); weights: None keeps
     quantized weights as stored, "f32" expands them once at load to float32 (the fastest form
     for NumPy without Numba, e.g. in the browser; 4-8x the memory), "int8" to int8 per row.
+    memory_budget: bytes (or "400MB", "1.5GB") the whole process may hold; weights that do not
+    fit are streamed from storage (edgert.budget plans it, edgert.weightstore reads); the
+    default context then shrinks to what the budget allows. A budget too small raises EdgeError.
     """
 
     def __init__(self, path: str, threads: int | None = None, backend: str | None = None,
                  context: int | None = None, weights: str | None = None, draft=None,
-                 tree_width: int = 3, tree_depth: int = 8):
+                 tree_width: int = 3, tree_depth: int = 8, memory_budget=None):
         self.path = str(path)
         self.edge = EdgeFile(self.path)
         h = self.edge.header
@@ -52,7 +56,20 @@ class Model:
             raise EdgeError(f"{self.path} is corrupt: bad model header ({e!r})") from None
         self.chat_template = h.get("chat_template")
         kernels.set_threads(threads or kernels.default_threads())
-        self.interpreter = Interpreter(program, self.edge, backend, weights=weights)
+        if "sparse_ffn" in h:  # sparse neuron windowing (convert --sparsify): registers its op
+            from . import sparse_ffn  # noqa: F401
+        self.store, self.plan = None, None
+        self.prefill_chunk = self.score_chunk = PREFILL_CHUNK
+        if memory_budget is not None:
+            from .weightstore import WeightStore
+
+            jit = kernels.load(backend).__name__.endswith(".jit")
+            self.plan = plan_memory(h, parse_size(memory_budget), rss_now(), jit=jit, context=context,
+                                    sparse=h.get("sparse_ffn"))
+            context, self.prefill_chunk, self.score_chunk = (self.plan.context, self.plan.prefill_chunk,
+                                                             self.plan.score_chunk)
+            self.store = WeightStore(self.edge, self.plan)
+        self.interpreter = Interpreter(program, self.edge, backend, weights=weights, store=self.store)
         limit = int(self.config["context_length"])
         self.context = min(context or min(limit, DEFAULT_CONTEXT), limit)
         self.stats: dict = {}
@@ -95,8 +112,8 @@ class Model:
         ids = self._check_ids(ids)
         cache = self.new_cache()
         out = np.empty((ids.size, self.config["vocab_size"]), np.float32)
-        for s in range(0, ids.size, PREFILL_CHUNK):
-            e = min(s + PREFILL_CHUNK, ids.size)
+        for s in range(0, ids.size, self.score_chunk):
+            e = min(s + self.score_chunk, ids.size)
             out[s:e] = self.interpreter.step(ids[s:e], np.arange(s, e), cache, rows="all")
         return out
 
@@ -105,8 +122,8 @@ class Model:
         ids = self._check_ids(ids)
         if cache.length + ids.size > cache.capacity:
             raise EdgeError(f"prompt of {ids.size} tokens does not fit: the context holds {cache.capacity}")
-        for s in range(0, ids.size, PREFILL_CHUNK):
-            chunk = ids[s:s + PREFILL_CHUNK]
+        for s in range(0, ids.size, self.prefill_chunk):
+            chunk = ids[s:s + self.prefill_chunk]
             start = cache.length
             logits = self.interpreter.step(chunk, np.arange(start, start + chunk.size), cache, rows="last")
         return logits[0].copy()
@@ -154,7 +171,10 @@ class Model:
             steps = n - 1 if self.drafter is None else n  # plain decoding gets its first token from the prefill
             stats.update(generated_tokens=n, decode_s=decode_s,
                          prefill_tok_s=ids.size / max(stats.get("prefill_s", 0.0), 1e-9),
-                         decode_tok_s=steps / max(decode_s, 1e-9) if steps > 0 else 0.0)
+                         decode_tok_s=steps / max(decode_s, 1e-9) if steps > 0 else 0.0,
+                         peak_rss_mb=peak_rss() / MB)
+            if self.store is not None and n > 0:  # plain decoding: n steps after the prefill (the last one's logits unused)
+                stats["read_bytes_per_token"] = (self.store.bytes_read - stats.get("read_bytes_prefill", 0)) / n
 
     def _decode_tokens(self, ids, max_tokens, sampler, eot, stats) -> Iterator[int]:
         """Plain decoding: one target step per token."""
@@ -162,6 +182,8 @@ class Model:
         t0 = time.perf_counter()
         logits = self.prefill(ids, cache)
         stats["prefill_s"] = time.perf_counter() - t0
+        if self.store is not None:
+            stats["read_bytes_prefill"] = self.store.bytes_read
         for _ in range(max_tokens):
             tok = sampler(logits)
             if tok in eot:

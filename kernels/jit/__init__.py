@@ -22,14 +22,15 @@ if numba.config.THREADING_LAYER == "default":
 
 from .activation import silu_mul, softmax  # noqa: E402
 from .attention import attention  # noqa: E402
-from .conv import conv_gemm, dense, depthwise_conv, im2col  # noqa: E402,F401  (CNN kernels)
+from .conv import conv_gemm, dense, depthwise_conv, im2col  # noqa: E402
 from .norm import rms_norm  # noqa: E402
 from .quant import QMATMUL, dequant_rows, isa, quantize_act  # noqa: E402
 from .rope import rope  # noqa: E402
 from .rows_i8 import matmul_rows_i8, quantize_rows_i8  # noqa: E402
+from .sparse_ffn import sparse_ffn  # noqa: E402
 
 ISA = isa()
 qmatmul = QMATMUL[ISA]
 
 __all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax",
-           "quantize_rows_i8", "matmul_rows_i8"]
+           "quantize_rows_i8", "matmul_rows_i8", "sparse_ffn", "conv_gemm", "depthwise_conv", "im2col", "dense"]

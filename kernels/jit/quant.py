@@ -21,7 +21,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..formats import Q4_0, Q4_1, Q8_0
+from ..formats import Q4_1, Q8_0
 
 _I8, _I16, _I32, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
 PORTABLE, X86_AVX2 = 0, 1  # instruction routes of the block dot product (see isa())
