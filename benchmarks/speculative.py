@@ -5,20 +5,22 @@
                                      [--memory-budget 900MB]
 
 Prints one JSON object. Greedy decoding on fixed coding and chat prompts (the model's chat
-template); every mode must produce the target's own tokens (checked here, run by run). Per
-mode: mean speedup over the target alone (wall time of generate, prefill included), tokens
-per verification step, acceptance rate, time split between drafting and verifying. Models
+template), each mode in its own process; every mode must produce the target's own tokens
+(checked here, run by run). Per mode: mean speedup over the target alone (wall time of
+generate, prefill included), tokens per verification step, acceptance rate, time split
+between drafting and verifying, peak RSS. Models
 come from ../shared/models/fetch_models.py and are converted once into ~/.cache/edgert/bench/
 (shared with benchmarks/decode.py). With --memory-budget the target streams its weights under
-that budget in every mode (the draft stays resident): the memory-limited setting, where one
-verification costs about the same for 1 node as for a tree. The machine is shared: compare
-within one run.
+that budget: alone it has the whole budget, with a draft model the draft's file and KV cache
+are set aside from it (the memory-limited setting, where one verification costs about the
+same for 1 node as for a tree). The machine is shared: compare within one run.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -39,11 +41,31 @@ PROMPTS = [
     "Why is the sky blue? Answer briefly.",
     "Write a haiku about compilers.",
 ]
-MODES = {  # name -> Model.set_draft keyword arguments
+MODES = {  # name -> edgert.load keyword arguments for the draft
     "tree": lambda draft: dict(draft=draft, tree_width=3, tree_depth=8),
     "linear": lambda draft: dict(draft=draft, tree_width=1, tree_depth=8),
     "lookup": lambda draft: dict(draft="lookup", tree_width=3, tree_depth=6),
 }
+
+
+def run_mode(mode: str, args) -> list[dict]:
+    """Generate for every prompt with one mode ("target" = the target alone); per prompt the
+    wall time, the tokens and the model's stats."""
+    import edgert
+
+    target_path = edge_path(args.target, gguf_path(args.target))
+    budget = {"memory_budget": args.memory_budget} if args.memory_budget else {}
+    draft = {}
+    if mode != "target":
+        draft = MODES[mode](edge_path(args.draft, gguf_path(args.draft)))
+    m = edgert.load(target_path, threads=args.threads, **budget, **draft)
+    runs = []
+    for prompt in PROMPTS[: args.prompts]:
+        t0 = time.perf_counter()
+        m.chat([{"role": "user", "content": prompt}], max_tokens=args.max_tokens, temperature=0.0)
+        runs.append({"wall_s": time.perf_counter() - t0, "tokens": list(m.last_tokens), **m.stats})
+        print(json.dumps({"mode": mode, "prompt": prompt, "wall_s": round(runs[-1]["wall_s"], 3)}), file=sys.stderr)
+    return runs
 
 
 def main() -> None:
@@ -55,48 +77,39 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=len(PROMPTS))
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--memory-budget", default=None, help="stream the target's weights within this budget")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
-
-    import edgert
-
-    target_path = edge_path(args.target, gguf_path(args.target))
-    draft_path = edge_path(args.draft, gguf_path(args.draft))
-    budget = {"memory_budget": args.memory_budget} if args.memory_budget else {}
-    m = edgert.load(target_path, threads=args.threads, **budget)  # one target (one weight store) for all modes
-    small = edgert.load(draft_path, threads=args.threads)  # resident, shared by the model-draft modes
-    drafters = {"target": None}
-    for mode in args.modes:  # each mode's drafter keeps what its planner learns across prompts
-        m.set_draft(**MODES[mode](small))
-        drafters[mode] = m.drafter
-    prompts = PROMPTS[: args.prompts]
-    runs = {name: [] for name in drafters}
-    for prompt in prompts:
-        messages = [{"role": "user", "content": prompt}]
-        for name, drafter in drafters.items():
-            m.drafter = drafter
-            t0 = time.perf_counter()
-            m.chat(messages, max_tokens=args.max_tokens, temperature=0.0)
-            wall = time.perf_counter() - t0
-            runs[name].append({"wall_s": wall, "tokens": list(m.last_tokens), **m.stats})
-        print(json.dumps({"prompt": prompt, **{n: round(r[-1]["wall_s"], 3) for n, r in runs.items()}}),
-              file=sys.stderr)
+    if args.one:
+        print(json.dumps(run_mode(args.one, args)))
+        return
+    for name in (args.target, args.draft):  # fetch and convert here, not inside a measured process
+        edge_path(name, gguf_path(name))
+    runs = {}
+    for mode in ["target", *args.modes]:  # each mode in its own process: its own memory and budget
+        cmd = [sys.executable, __file__, "--one", mode] + [
+            a for k, v in (("--target", args.target), ("--draft", args.draft), ("--threads", args.threads),
+                           ("--max-tokens", args.max_tokens), ("--prompts", args.prompts),
+                           ("--memory-budget", args.memory_budget)) if v is not None for a in (k, str(v))]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        runs[mode] = json.loads(out.strip().splitlines()[-1])
     base = runs["target"]
-    results = {"target": {"mean_tok_s": _mean([r["generated_tokens"] / r["wall_s"] for r in base])}}
+    results = {"target": {"mean_tok_s": _mean([r["generated_tokens"] / r["wall_s"] for r in base]),
+                          "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in base)}}
     for mode in args.modes:
         rs = runs[mode]
-        same = all(r["tokens"] == b["tokens"] for r, b in zip(rs, base))
         results[mode] = {
-            "identical_to_target": same,
+            "identical_to_target": all(r["tokens"] == b["tokens"] for r, b in zip(rs, base)),
             "mean_speedup": _mean([b["wall_s"] / r["wall_s"] for r, b in zip(rs, base)]),
             "tokens_per_step": _mean([r["tokens_per_step"] for r in rs]),
             "acceptance_rate": _mean([r["acceptance_rate"] for r in rs]),
             "draft_share": sum(r["draft_s"] for r in rs) / sum(r["draft_s"] + r["verify_s"] for r in rs),
             "mean_tok_s": _mean([r["generated_tokens"] / r["wall_s"] for r in rs]),
+            "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in rs),
         }
     print(json.dumps({"benchmark": "speculative", "target": args.target, "draft": args.draft,
-                      "threads": args.threads, "max_tokens": args.max_tokens, "prompts": len(prompts),
-                      "memory_budget": args.memory_budget,
-                      "load_avg": os.getloadavg(), "results": results}, indent=2))
+                      "threads": args.threads, "max_tokens": args.max_tokens, "prompts": args.prompts,
+                      "memory_budget": args.memory_budget, "load_avg": os.getloadavg(), "results": results},
+                     indent=2))
 
 
 def _mean(xs) -> float:

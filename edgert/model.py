@@ -64,7 +64,8 @@ class Model:
             from .weightstore import WeightStore
 
             jit = kernels.load(backend).__name__.endswith(".jit")
-            self.plan = plan_memory(h, parse_size(memory_budget), rss_now(), jit=jit, context=context,
+            reserve = _draft_reserve(draft, context or 2048)  # a draft model stays resident
+            self.plan = plan_memory(h, parse_size(memory_budget), rss_now() + reserve, jit=jit, context=context,
                                     sparse=h.get("sparse_ffn"))
             context, self.prefill_chunk, self.score_chunk = (self.plan.context, self.plan.prefill_chunk,
                                                              self.plan.score_chunk)
@@ -218,3 +219,15 @@ class Model:
         logz = np.log(np.exp(logits - mx).sum(axis=1)) + mx[:, 0]
         nll = logz - logits[np.arange(ids.size - 1), ids[1:]]
         return float(np.exp(nll.mean()))
+
+
+def _draft_reserve(draft, context: int) -> int:
+    """Bytes a draft model will hold resident beside a target under a memory budget: its file
+    (all weights are read every draft step) and its KV cache; 0 for none or lookup drafts."""
+    if draft is None or draft == "lookup":
+        return 0
+    edge = draft.edge if isinstance(draft, Model) else EdgeFile(str(draft))
+    c = edge.header.get("config", {})
+    kv = 2 * c.get("n_layers", 0) * c.get("n_kv_head", 0) * c.get("head_dim", 0) * 4 * min(
+        context, int(c.get("context_length", context)))
+    return edge.size + kv

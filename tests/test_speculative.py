@@ -83,6 +83,35 @@ def test_context_end(tiny):
     assert spec.stats["stop"] == target.stats["stop"] == "context_full"
 
 
+@pytest.mark.parametrize("draft", ["other", "lookup"])
+def test_greedy_is_lossless_with_streamed_target(tiny, draft):
+    """A target whose weights stream through a small slot pool (the memory-limited setting)
+    verifies trees exactly as the in-memory target decodes."""
+    from test_weightstore import streamed_model
+
+    target = edgert.load(tiny["target"], threads=1, context=64)
+    spec = streamed_model(tiny["target"], "jit", slot_bytes=9000, slots=3)
+    spec.set_draft(tiny["other"] if draft == "other" else "lookup", 3, 5)
+    _always_draft(spec, 5, True)
+    ids = np.random.default_rng(3).integers(0, 96, 9)
+    assert _greedy(spec, ids, 30) == _greedy(target, ids, 30)
+    assert spec.stats["verify_steps"] > 0
+
+
+def test_budget_sets_aside_the_draft(tiny):
+    """Under a memory budget, a draft model's file and KV cache are kept out of the target's
+    share; a lookup draft needs nothing."""
+    from edgert.format import EdgeFile
+    from edgert.model import _draft_reserve
+
+    edge = EdgeFile(tiny["other"])
+    kv = 2 * 2 * 2 * 16 * 4 * 64  # K and V, 2 layers, 2 kv heads of 16, float32, 64 positions
+    assert _draft_reserve(tiny["other"], 64) == edge.size + kv
+    assert _draft_reserve("lookup", 64) == _draft_reserve(None, 64) == 0
+    m = edgert.load(tiny["target"], threads=1, memory_budget="4GB", context=64, draft=tiny["other"])
+    assert m.plan.estimate["runtime"] >= edge.size + kv
+
+
 def _first_token_freqs(model, ids, runs, seed):
     counts = np.zeros(model.config["vocab_size"])
     for r in range(runs):
