@@ -341,8 +341,12 @@ class WeightStore:
         steps = self._piece_steps(name)
         quantized = isinstance(steps[0][0].views, tuple)
         xq, xd, xs, fresh = act_scratch(st, src, x) if quantized else (None, None, None, False)
-        widest = max(p.r1 - p.r0 for p, _, _ in steps)
-        tmp = np.empty(rows * widest, np.float32) if rows > 1 else None
+        tmp = None
+        if rows > 1:  # products land in one scratch per step (a piece's columns of out are strided)
+            widest = max(p.r1 - p.r0 for pieces in self.pieces.values() for p in pieces)
+            if getattr(st, "stream_tmp", None) is None:
+                st.stream_tmp = np.empty(rows * widest, np.float32)
+            tmp = st.stream_tmp
         jobs = []
         for p, acq, rel in steps:
             dst = out[:, p.r0:p.r1] if rows == 1 else tmp[:rows * (p.r1 - p.r0)].reshape(rows, p.r1 - p.r0)
