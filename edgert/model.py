@@ -15,7 +15,7 @@ import numpy as np
 
 from . import chat as chat_template
 from . import kernels, speculative
-from .budget import MB, parse_size, peak_rss, plan_memory, rss_now
+from .budget import MB, STEPS_KEPT, arena_bytes, parse_size, peak_rss, plan_memory, rss_now
 from .errors import EdgeError
 from .format import EdgeFile
 from .interpreter import Interpreter
@@ -65,6 +65,9 @@ class Model:
 
             jit = kernels.load(backend).__name__.endswith(".jit")
             reserve = _draft_reserve(draft, context or 2048)  # a draft model stays resident
+            if draft is not None:  # and verification steps of up to a full tree, all rows out
+                nodes = _tree_nodes(tree_width, tree_depth)
+                reserve += STEPS_KEPT * arena_bytes(program, {"n": nodes, "m": nodes})
             self.plan = plan_memory(h, parse_size(memory_budget), rss_now() + reserve, jit=jit, context=context,
                                     sparse=h.get("sparse_ffn"))
             context, self.prefill_chunk, self.score_chunk = (self.plan.context, self.plan.prefill_chunk,
@@ -87,7 +90,7 @@ class Model:
         """A drafter for speculative decoding: "lookup", or a draft model (path or Model)."""
         if width < 1 or depth < 1:
             raise EdgeError("tree width and depth must be >= 1")
-        budget = max(width * depth, depth + 1)
+        budget = _tree_nodes(width, depth)
         if draft == "lookup":
             return speculative.LookupDrafter(width=width, depth=depth, budget=budget)
         small = draft if isinstance(draft, Model) else Model(draft, threads=threads, backend=backend,
@@ -231,3 +234,8 @@ def _draft_reserve(draft, context: int) -> int:
     kv = 2 * c.get("n_layers", 0) * c.get("n_kv_head", 0) * c.get("head_dim", 0) * 4 * min(
         context, int(c.get("context_length", context)))
     return edge.size + kv
+
+
+def _tree_nodes(width: int, depth: int) -> int:
+    """Most nodes a drafted tree may have (the pending token included)."""
+    return max(width * depth, depth + 1)
