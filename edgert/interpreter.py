@@ -79,10 +79,9 @@ class Weights:
 
 
 class _Step:
-    """Bound callables for one (n, m) shape: run() executes the op list once."""
+    """Bound callables for one set of dims (e.g. n, m): run() executes the op list once."""
 
     def __init__(self, interp: "Interpreter", dims: dict):
-        n = dims.get("n", 1)
         prog = interp.program
         slot_of, cap = plan_buffers(prog, dims)
         arena = [np.empty(c, np.float32) for c in cap]
@@ -93,7 +92,7 @@ class _Step:
             shape = concrete(prog["values"][v], dims)
             env[v] = arena[s][: int(np.prod(shape))].reshape(shape)
         self.env = env
-        self.n, self.mask = n, np.zeros((0, 0), np.bool_)
+        self.mask = np.zeros((0, 0), np.bool_)
         self.act_scratch = {}  # (rows, K) -> [xq, xd, xs, value quantized in it last], see _bind_linear
         self.calls = [interp.bind(op, self) for op in prog["ops"]]
         self.outputs = [env[v] for v in prog["outputs"]]

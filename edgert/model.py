@@ -15,7 +15,7 @@ import numpy as np
 
 from . import chat as chat_template
 from . import kernels, speculative
-from .budget import MB, STEPS_KEPT, arena_bytes, parse_size, peak_rss, plan_memory, rss_now
+from .budget import CONTEXTS, MB, STEPS_KEPT, arena_bytes, parse_size, peak_rss, plan_memory, rss_now
 from .errors import EdgeError
 from .format import EdgeFile
 from .interpreter import Interpreter
@@ -38,6 +38,8 @@ class Model:
     memory_budget: bytes (or "400MB", "1.5GB") the whole process may hold; weights that do not
     fit are streamed from storage (edgert.budget plans it, edgert.weightstore reads); the
     default context then shrinks to what the budget allows. A budget too small raises EdgeError.
+    draft: speculative decoding (see set_draft) with trees of up to tree_width alternatives
+    per node and tree_depth levels; under a memory budget a draft model's share is set aside.
     """
 
     def __init__(self, path: str, threads: int | None = None, backend: str | None = None,
@@ -64,7 +66,7 @@ class Model:
             from .weightstore import WeightStore
 
             jit = kernels.load(backend).__name__.endswith(".jit")
-            reserve = _draft_reserve(draft, context or 2048)  # a draft model stays resident
+            reserve = _draft_reserve(draft, context or max(CONTEXTS))  # a draft model stays resident
             if draft is not None:  # and verification steps of up to a full tree, all rows out
                 nodes = _tree_nodes(tree_width, tree_depth)
                 reserve += STEPS_KEPT * arena_bytes(program, {"n": nodes, "m": nodes})
@@ -83,20 +85,19 @@ class Model:
     def set_draft(self, draft=None, tree_width: int = 3, tree_depth: int = 8) -> None:
         """Speculative decoding from now on with `draft`: "lookup" (no second model), a draft
         model (path or Model with the same tokenizer), or None for plain decoding."""
-        self.drafter = None if draft is None else self._drafter(draft, tree_width, tree_depth, self._threads,
-                                                                self._backend)
-
-    def _drafter(self, draft, width: int, depth: int, threads, backend):
-        """A drafter for speculative decoding: "lookup", or a draft model (path or Model)."""
-        if width < 1 or depth < 1:
+        if draft is None:
+            self.drafter = None
+            return
+        if tree_width < 1 or tree_depth < 1:
             raise EdgeError("tree width and depth must be >= 1")
-        budget = _tree_nodes(width, depth)
+        budget = _tree_nodes(tree_width, tree_depth)
         if draft == "lookup":
-            return speculative.LookupDrafter(width=width, depth=depth, budget=budget)
-        small = draft if isinstance(draft, Model) else Model(draft, threads=threads, backend=backend,
+            self.drafter = speculative.LookupDrafter(width=tree_width, depth=tree_depth, budget=budget)
+            return
+        small = draft if isinstance(draft, Model) else Model(draft, threads=self._threads, backend=self._backend,
                                                              context=self.context)
         speculative.check_pair(self, small)
-        return speculative.ModelDrafter(small, width=width, depth=depth, budget=budget)
+        self.drafter = speculative.ModelDrafter(small, width=tree_width, depth=tree_depth, budget=budget)
 
     def new_cache(self) -> KVCache:
         c = self.config

@@ -33,7 +33,8 @@ from .sampling import Sampler
 
 class TokenTree:
     """Nodes in topological order: tokens[i], parents[i] (-1 for node 0), depths[i]; q[i] is
-    the draft's probability of node i's token when it was drafted by sampling (else None)."""
+    what the sampling rule needs of the draft: 1.0 for a deterministic draft, (ids, probs) of
+    the draft distribution a token was sampled from, None for greedy drafts."""
 
     def __init__(self, root: int):
         self.tokens, self.parents, self.depths, self.q = [root], [-1], [0], [None]
