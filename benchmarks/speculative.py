@@ -2,13 +2,17 @@
 
     python benchmarks/speculative.py [--target qwen2.5-coder-1.5b] [--draft qwen2.5-coder-0.5b]
                                      [--threads 1] [--max-tokens 128] [--prompts 12]
-                                     [--memory-budget 900MB]
+                                     [--memory-budget 900MB] [--modes tree linear lookup ...]
 
 Prints one JSON object. Greedy decoding on fixed coding and chat prompts (the model's chat
 template), each mode in its own process; every mode must produce the target's own tokens
-(checked here, run by run). Per mode: mean speedup over the target alone (wall time of
-generate, prefill included), tokens per verification step, acceptance rate, time split
-between drafting and verifying, peak RSS. Models
+(checked here, run by run). Per mode: mean speedup over the target alone at --threads (wall
+time of generate, prefill included), tokens per verification step, acceptance rate, spine
+tokens a pipelined draft had ready per step, time split between drafting and verifying,
+peak RSS. Modes: tree, linear (width 1) -- a draft model, drafting ahead on a free core while
+the target verifies when one is left beside --threads --; tree-inline, linear-inline (the
+same, drafting only between verifications); lookup (no draft model); target-all-cores (the
+target alone on every core: what a free core buys without drafting). Models
 come from ../shared/models/fetch_models.py and are converted once into ~/.cache/edgert/bench/
 (shared with benchmarks/decode.py). With --memory-budget the target streams its weights under
 that budget: alone it has the whole budget, with a draft model the draft's file and KV cache
@@ -41,10 +45,13 @@ PROMPTS = [
     "Why is the sky blue? Answer briefly.",
     "Write a haiku about compilers.",
 ]
-MODES = {  # name -> edgert.load keyword arguments for the draft
+MODES = {  # name -> edgert.load keyword arguments (beside the target's path and --threads)
     "tree": lambda draft: dict(draft=draft, tree_width=3, tree_depth=8),
     "linear": lambda draft: dict(draft=draft, tree_width=1, tree_depth=8),
+    "tree-inline": lambda draft: dict(draft=draft, tree_width=3, tree_depth=8, pipeline=False),
+    "linear-inline": lambda draft: dict(draft=draft, tree_width=1, tree_depth=8, pipeline=False),
     "lookup": lambda draft: dict(draft="lookup", tree_width=3, tree_depth=6),
+    "target-all-cores": lambda draft: dict(threads=None),
 }
 
 
@@ -55,10 +62,12 @@ def run_mode(mode: str, args) -> list[dict]:
 
     target_path = edge_path(args.target, gguf_path(args.target))
     budget = {"memory_budget": args.memory_budget} if args.memory_budget else {}
-    draft = {}
+    kw = {"threads": args.threads, **budget}
     if mode != "target":
-        draft = MODES[mode](edge_path(args.draft, gguf_path(args.draft)))
-    m = edgert.load(target_path, threads=args.threads, **budget, **draft)
+        kw.update(MODES[mode](edge_path(args.draft, gguf_path(args.draft))))
+    if kw["threads"] is None:  # all cores
+        kw["threads"] = os.cpu_count()
+    m = edgert.load(target_path, **kw)
     runs = []
     for prompt in PROMPTS[: args.prompts]:
         t0 = time.perf_counter()
@@ -75,7 +84,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--prompts", type=int, default=len(PROMPTS))
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=["tree", "linear", "lookup"], choices=list(MODES))
     ap.add_argument("--memory-budget", default=None, help="stream the target's weights within this budget")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -100,12 +109,15 @@ def main() -> None:
         results[mode] = {
             "identical_to_target": all(r["tokens"] == b["tokens"] for r, b in zip(rs, base)),
             "mean_speedup": _mean([b["wall_s"] / r["wall_s"] for r, b in zip(rs, base)]),
-            "tokens_per_step": _mean([r["tokens_per_step"] for r in rs]),
-            "acceptance_rate": _mean([r["acceptance_rate"] for r in rs]),
-            "draft_share": sum(r["draft_s"] for r in rs) / sum(r["draft_s"] + r["verify_s"] for r in rs),
             "mean_tok_s": _mean([r["generated_tokens"] / r["wall_s"] for r in rs]),
             "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in rs),
         }
+        if "verify_steps" in rs[0]:
+            results[mode].update(
+                tokens_per_step=_mean([r["tokens_per_step"] for r in rs]),
+                acceptance_rate=_mean([r["acceptance_rate"] for r in rs]),
+                lookahead_hits_per_step=sum(r["lookahead_hits"] for r in rs) / sum(r["verify_steps"] for r in rs),
+                draft_share=sum(r["draft_s"] for r in rs) / sum(r["draft_s"] + r["verify_s"] for r in rs))
     print(json.dumps({"benchmark": "speculative", "target": args.target, "draft": args.draft,
                       "threads": args.threads, "max_tokens": args.max_tokens, "prompts": args.prompts,
                       "memory_budget": args.memory_budget, "load_avg": os.getloadavg(), "results": results},

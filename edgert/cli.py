@@ -22,7 +22,8 @@ def _load(args):
 
     draft = {}
     if getattr(args, "draft", None):
-        draft = dict(draft=args.draft, tree_width=args.tree_width, tree_depth=args.tree_depth)
+        draft = dict(draft=args.draft, tree_width=args.tree_width, tree_depth=args.tree_depth,
+                     pipeline=False if args.no_pipeline else None)
     if getattr(args, "memory_budget", None):
         draft["memory_budget"] = args.memory_budget
     return load(_model_path(args.model), threads=args.threads, backend=args.backend, context=args.ctx, **draft)
@@ -75,7 +76,8 @@ def cmd_run(args) -> int:
     if "verify_steps" in s:
         print(f"speculative: {s['tokens_per_step']:.2f} tokens per verification ({s['verify_steps']} steps), "
               f"{100 * s['acceptance_rate']:.0f}% of {s['drafted_tokens']} drafted tokens accepted, "
-              f"drafting {s['draft_s']:.2f} s · verifying {s['verify_s']:.2f} s", file=sys.stderr)
+              f"drafting {s['draft_s']:.2f} s · verifying {s['verify_s']:.2f} s"
+              + (f" · {s['lookahead_hits']} drafted ahead" if s.get("lookahead_hits") else ""), file=sys.stderr)
     if m.plan is not None:
         per_tok = s.get("read_bytes_per_token")
         print(f"memory budget {m.plan.budget / 2**20:.0f} MB: peak memory {s['peak_rss_mb']:.0f} MB · read from storage "
@@ -215,6 +217,9 @@ def parser() -> argparse.ArgumentParser:
                         "'lookup' drafts from the text so far (no second model); output is the model's own")
     p.add_argument("--tree-width", type=int, default=3, help="draft tree: alternatives per node (default 3)")
     p.add_argument("--tree-depth", type=int, default=8, help="draft tree: longest path (default 8)")
+    p.add_argument("--no-pipeline", action="store_true",
+                   help="draft only between verifications (default: a draft model drafts ahead on a free core "
+                        "while the model verifies, when --threads leaves one)")
     p.add_argument("--memory-budget", metavar="SIZE",
                    help="run within SIZE of memory (e.g. 400MB, 1.5GB) for the whole process: weights that do "
                         "not fit stream from storage each token; prints the bytes read per token and peak memory")

@@ -40,11 +40,13 @@ class Model:
     default context then shrinks to what the budget allows. A budget too small raises EdgeError.
     draft: speculative decoding (see set_draft) with trees of up to tree_width alternatives
     per node and tree_depth levels; under a memory budget a draft model's share is set aside.
+    pipeline: a draft model drafts ahead on a core of its own while the target verifies
+    (default: when a core is left beside the target's threads).
     """
 
     def __init__(self, path: str, threads: int | None = None, backend: str | None = None,
                  context: int | None = None, weights: str | None = None, draft=None,
-                 tree_width: int = 3, tree_depth: int = 8, memory_budget=None):
+                 tree_width: int = 3, tree_depth: int = 8, memory_budget=None, pipeline: bool | None = None):
         self.path = str(path)
         self.edge = EdgeFile(self.path)
         h = self.edge.header
@@ -57,7 +59,8 @@ class Model:
         except (KeyError, TypeError, ValueError) as e:
             raise EdgeError(f"{self.path} is corrupt: bad model header ({e!r})") from None
         self.chat_template = h.get("chat_template")
-        kernels.set_threads(threads or kernels.default_threads())
+        self.threads = threads or kernels.default_threads()
+        kernels.set_threads(self.threads)
         if "sparse_ffn" in h:  # sparse neuron windowing (convert --sparsify): registers its op
             from . import sparse_ffn  # noqa: F401
         self.store, self.plan = None, None
@@ -80,11 +83,12 @@ class Model:
         self.context = min(context or min(limit, DEFAULT_CONTEXT), limit)
         self.stats: dict = {}
         self._threads, self._backend = threads, backend
-        self.set_draft(draft, tree_width, tree_depth)
+        self.set_draft(draft, tree_width, tree_depth, pipeline)
 
-    def set_draft(self, draft=None, tree_width: int = 3, tree_depth: int = 8) -> None:
+    def set_draft(self, draft=None, tree_width: int = 3, tree_depth: int = 8, pipeline: bool | None = None) -> None:
         """Speculative decoding from now on with `draft`: "lookup" (no second model), a draft
-        model (path or Model with the same tokenizer), or None for plain decoding."""
+        model (path or Model with the same tokenizer), or None for plain decoding. pipeline:
+        see the class docstring (None: when kernels.cores() exceeds the target's threads)."""
         if draft is None:
             self.drafter = None
             return
@@ -97,7 +101,10 @@ class Model:
         small = draft if isinstance(draft, Model) else Model(draft, threads=self._threads, backend=self._backend,
                                                              context=self.context)
         speculative.check_pair(self, small)
-        self.drafter = speculative.ModelDrafter(small, width=tree_width, depth=tree_depth, budget=budget)
+        if pipeline is None:
+            pipeline = kernels.cores() > self.threads
+        self.drafter = speculative.ModelDrafter(small, width=tree_width, depth=tree_depth, budget=budget,
+                                                pipeline=pipeline)
 
     def new_cache(self) -> KVCache:
         c = self.config

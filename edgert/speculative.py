@@ -23,10 +23,13 @@ Recycling's adjacency of recently seen candidates, expanded breadth first).
 """
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import kernels
 from .errors import EdgeError
 from .sampling import Sampler
 
@@ -180,74 +183,149 @@ class Planner:
             self.per_draft = 0.8 * self.per_draft + 0.2 * t_draft / spine if self.per_draft else t_draft / spine
 
 
-class ModelDrafter:
+class Drafter:
+    """What generate_tokens asks of a drafter: start(prompt ids) once per generation,
+    draft(history, sampler) -> TokenTree per step, then observe(tree, target logits) and
+    feedback(tree, accepted, draft seconds, verify seconds); stop() when generation ends.
+    ahead_hits: draft positions a pipelined drafter had computed before they were asked for."""
+
+    ahead_hits = 0
+
+    def observe(self, tree: TokenTree, logits: np.ndarray) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class ModelDrafter(Drafter):
     """Drafts with a smaller model. Greedy: the spine follows the draft's top choice for up to
     Planner.spine() tokens, and stops early once the product of its probabilities falls below
     `threshold`, which rises after rejections and falls after full acceptances (the
     self-adjusting fallback). Where branching pays and the top choice has probability below
     `branch_p`, up to width - 1 runners-up of probability >= min_p become siblings (leaves).
-    Sampling: a chain sampled from the draft, on the same rules."""
+    Sampling: a chain sampled from the draft, on the same rules.
+
+    pipeline (greedy only): while the target verifies a tree, a worker thread (one compute
+    thread of its own) keeps extending the draft's greedy chain past the spine, as if the
+    whole spine and the draft's own next choice will be accepted. When they are, the next
+    spine is already drafted; otherwise the extra tokens are dropped. Pays when a core is free
+    beside the target's threads, and most when the target waits on storage."""
 
     def __init__(self, model, width: int = 3, depth: int = 8, budget: int = 16, min_p: float = 0.05,
-                 branch_p: float = 0.8, threshold: float = 0.3):
+                 branch_p: float = 0.8, threshold: float = 0.3, pipeline: bool = False):
         self.model, self.width, self.budget = model, width, budget
         self.min_p, self.branch_p, self.threshold = min_p, branch_p, threshold
         self.planner = Planner(depth)
         self.cache = model.new_cache()
         self.seen: list[int] = []  # tokens whose KV entries the draft cache holds, in order
+        self.tops: dict[int, tuple] = {}  # i -> (ids, probs): the draft's candidates after seen[:i + 1]
         self.spine_len = 0
+        self._worker = ThreadPoolExecutor(1, initializer=kernels.set_threads, initargs=(1,)) if pipeline else None
+        self._ahead = None   # the running lookahead (a Future) and its stop flag
+        self._stop = threading.Event()
 
     def start(self, prompt_ids) -> None:
+        self._join()
         self.cache = self.model.new_cache()
-        self.seen = [int(t) for t in prompt_ids[:-1]]
-        if self.seen:
-            self.model.prefill(np.asarray(self.seen, np.int64), self.cache)
+        self.seen, self.tops, self.ahead_hits = [], {}, 0
+        if len(prompt_ids) > 1:
+            self.model.prefill(np.asarray(prompt_ids[:-1], np.int64), self.cache)
+            self.seen = [int(t) for t in prompt_ids[:-1]]
 
-    def _feed(self, tokens) -> np.ndarray:
+    def _feed(self, tokens, sampler: Sampler) -> None:
+        """Run the draft over tokens (after self.seen) and keep its candidates after the last."""
         start = self.cache.length
         logits = self.model.interpreter.step(np.asarray(tokens, np.int64), np.arange(start, start + len(tokens)),
                                              self.cache)[0]
-        self.seen.extend(tokens)
-        return logits
+        self.seen.extend(int(t) for t in tokens)
+        if sampler.temperature == 0:  # the top `width` candidates, most likely first
+            ids = np.argpartition(-logits, self.width)[: self.width] if logits.size > self.width else np.arange(
+                logits.size)
+            ids = ids[np.argsort(-logits[ids], kind="stable")]
+            e = np.exp(logits.astype(np.float64) - float(logits[ids[0]]))
+            self.tops[len(self.seen) - 1] = (ids, e[ids] / e.sum())
+        else:
+            self.tops[len(self.seen) - 1] = sampler.probs(logits)
+
+    def _rewind(self, n: int) -> None:
+        """Keep only the first n fed tokens."""
+        if len(self.seen) > n:
+            del self.seen[n:]
+            self.cache.length = n
+            self.tops = {i: v for i, v in self.tops.items() if i < n}
 
     def draft(self, history: list[int], sampler: Sampler) -> TokenTree:
         """A tree rooted at history[-1] (the pending token)."""
+        self._join()
         tree = TokenTree(history[-1])
         self.spine_len = 0
         k = min(self.planner.spine(), self.cache.capacity - len(history))
         if k <= 0:
             return tree
         common = 0
-        limit = min(len(self.seen), len(history) - 1)
+        limit = min(len(self.seen), len(history))
         while common < limit and self.seen[common] == history[common]:
             common += 1
-        self.seen = self.seen[:common]
-        self.cache.length = common
-        logits = self._feed(history[common:])
+        pos = len(history) - 1  # self.tops[pos]: the draft's candidates after the pending token
+        if common < len(history) or pos not in self.tops:
+            self._rewind(min(common, pos))
+            self._feed(history[len(self.seen):], sampler)
+        else:  # a lookahead got there already
+            self.ahead_hits += 1
         node, conf = 0, 1.0
         branch = sampler.temperature == 0 and self.width > 1 and self.planner.branching()
         for _ in range(k):
+            ids, p = self.tops[pos]
             if sampler.temperature == 0:
-                p = _softmax(logits)
-                order = np.argsort(-p)[: self.width]
-                top = int(order[0])
-                conf *= float(p[top])
+                top, conf = int(ids[0]), conf * float(p[0])
                 nxt = tree.add(top, node)
-                if branch and p[top] < self.branch_p:
-                    for alt in order[1:]:
-                        if p[alt] >= self.min_p and len(tree) < self.budget:
+                if branch and p[0] < self.branch_p:
+                    for alt, pa in zip(ids[1:], p[1:]):
+                        if pa >= self.min_p and len(tree) < self.budget:
                             tree.add(int(alt), node)
             else:
-                ids, p = sampler.probs(logits)
                 j = int(sampler.rng.choice(len(p), p=p))
-                conf *= float(p[j])
-                nxt = tree.add(int(ids[j]), node, q=(ids, p))
+                top, conf = int(ids[j]), conf * float(p[j])
+                nxt = tree.add(top, node, q=(ids, p))
             node = nxt
             self.spine_len += 1
             if conf < self.threshold or len(tree) >= self.budget or self.spine_len == k:
                 break
-            logits = self._feed([tree.tokens[node]])
+            pos += 1
+            if pos in self.tops and self.seen[pos] == top:
+                self.ahead_hits += 1
+            else:
+                self._rewind(pos)
+                self._feed([top], sampler)
+        if self._worker is not None and sampler.temperature == 0:
+            self._stop.clear()
+            self._ahead = self._worker.submit(self._lookahead, tree.path(node), len(history), k)
         return tree
+
+    def _lookahead(self, spine: list[int], n_history: int, k: int) -> None:
+        """Worker thread: feed the spine's unfed tail and the draft's own next choice (the
+        target's likely bonus token), then further greedy choices until stopped or k tokens
+        past the spine."""
+        greedy = Sampler(0.0)
+        pos = n_history - 1 + len(spine)  # the last spine token's position
+        if len(self.seen) <= pos or self.seen[pos] != spine[-1]:
+            self._rewind(pos)
+            self._feed([spine[-1]], greedy)
+        for i in range(k):
+            if (i and self._stop.is_set()) or len(self.seen) >= self.cache.capacity:
+                return
+            self._feed([int(self.tops[len(self.seen) - 1][0][0])], greedy)
+
+    def stop(self) -> None:
+        """Wait for a running lookahead to stop."""
+        self._join()
+
+    def _join(self) -> None:
+        if self._ahead is not None:
+            self._stop.set()
+            self._ahead.result()
+            self._ahead = None
 
     def feedback(self, tree: TokenTree, accepted: int, t_draft: float, t_verify: float) -> None:
         spine_hits = accepted if accepted <= self.spine_len else self.spine_len
@@ -259,7 +337,7 @@ class ModelDrafter:
                 self.threshold = min(0.9, self.threshold * 1.3 + 0.02)
 
 
-class LookupDrafter:
+class LookupDrafter(Drafter):
     """Drafts without a second model. Prompt lookup: after the most recent earlier occurrence
     of the last `ngram` (down to 1) tokens, the tokens that followed it form the spine. Token
     Recycling: for every token, the target's top `width` candidates seen after it in earlier
@@ -323,12 +401,6 @@ class LookupDrafter:
         self.planner.update(len(tree), self.spine_len, min(accepted, self.spine_len), t_draft, t_verify)
 
 
-def _softmax(logits) -> np.ndarray:
-    x = np.asarray(logits, np.float64)
-    p = np.exp(x - x.max())
-    return p / p.sum()
-
-
 def check_pair(target, draft) -> None:
     """Refuse a draft model whose tokenizer differs from the target's."""
     a, b = target.edge.header.get("tokenizer", {}), draft.edge.header.get("tokenizer", {})
@@ -362,8 +434,7 @@ def generate_tokens(target, drafter, ids: np.ndarray, max_tokens: int, sampler: 
             t2 = time.perf_counter()
             accepted, bonus, logits = verify(target, cache, tree, sampler)
             t3 = time.perf_counter()
-            if hasattr(drafter, "observe"):
-                drafter.observe(tree, logits)
+            drafter.observe(tree, logits)
             drafter.feedback(tree, len(accepted), t2 - t1, t3 - t2)
             t_draft += t2 - t1
             t_verify += t3 - t2
@@ -380,9 +451,10 @@ def generate_tokens(target, drafter, ids: np.ndarray, max_tokens: int, sampler: 
                 if produced >= max_tokens:
                     return
     finally:
+        drafter.stop()
         stats.update(verify_steps=steps, drafted_tokens=drafted, accepted_tokens=accepted_total,
                      tokens_per_step=produced / steps if steps else 0.0,
-                     acceptance_rate=accepted_total / drafted if drafted else 0.0,
+                     acceptance_rate=accepted_total / drafted if drafted else 0.0, lookahead_hits=drafter.ahead_hits,
                      draft_s=t_draft, verify_s=t_verify)
 
 

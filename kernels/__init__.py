@@ -29,15 +29,19 @@ def load(backend=None):
     return importlib.import_module(f".{backend}", __name__)
 
 
+def cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     """All cores this process may use but one, at least one. On 2 shared cores a second
     thread that the OS deschedules stalls every parallel region: with another busy process
     here, SmolLM2 decode fell from about 70 tok/s on 1 thread to 1-35 tok/s on 2."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, cores() - 1)
 
 
 def set_threads(n):

@@ -55,13 +55,15 @@ def _greedy(model, ids, n):
     return model.last_tokens, "".join(out)
 
 
-@pytest.mark.parametrize("draft", ["self", "other", "lookup"])
+@pytest.mark.parametrize("draft,pipeline", [("self", False), ("self", True), ("other", False), ("other", True),
+                                            ("lookup", None)])
 @pytest.mark.parametrize("width,depth", [(1, 4), (3, 5)])
-def test_greedy_is_lossless_tiny(tiny, draft, width, depth):
-    """Whatever the drafts (always accepted, mostly rejected, model-free), greedy output equals
-    the target's own, token for token, on several prompts and lengths."""
+def test_greedy_is_lossless_tiny(tiny, draft, pipeline, width, depth):
+    """Whatever the drafts (always accepted, mostly rejected, model-free; drafted inline or
+    ahead on a worker thread while the target verifies), greedy output equals the target's
+    own, token for token, on several prompts and lengths."""
     target = edgert.load(tiny["target"], threads=1)
-    spec = edgert.load(tiny["target"], threads=1, tree_width=width, tree_depth=depth,
+    spec = edgert.load(tiny["target"], threads=1, tree_width=width, tree_depth=depth, pipeline=pipeline,
                        draft={"self": tiny["target"], "other": tiny["other"], "lookup": "lookup"}[draft])
     _always_draft(spec, depth, width > 1)
     rng = np.random.default_rng(0)
@@ -72,6 +74,8 @@ def test_greedy_is_lossless_tiny(tiny, draft, width, depth):
     assert st["verify_steps"] > 0 and st["tokens_per_step"] >= 1
     if draft == "self":  # a draft identical to the target is always right (siblings never are)
         assert st["tokens_per_step"] > 2 and (width > 1 or st["acceptance_rate"] == 1.0)
+        # drafted ahead: after a fully accepted spine the next one is (partly) ready
+        assert (st["lookahead_hits"] > 0) == pipeline
 
 
 def test_context_end(tiny):
