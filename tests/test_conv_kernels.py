@@ -54,7 +54,7 @@ def _direct_conv(x, w, bias, stride, pads, dil, groups):
 
 
 @pytest.mark.parametrize("cout,k,p", [(4, 3, 1), (7, 5, 31), (16, 24, 33), (13, 40, 49), (64, 17, 257),
-                                      (1, 1, 16)])
+                                      (1, 1, 16), (13, 7, 1), (66, 257, 1)])
 @pytest.mark.parametrize("sparsity", [0.0, 0.6])
 @pytest.mark.parametrize("act", list(ACTS))
 def test_conv_gemm(K, cout, k, p, sparsity, act):
@@ -82,18 +82,31 @@ def test_conv_gemm(K, cout, k, p, sparsity, act):
     (3, 10, 10, 3, (1, 2), (2, 2, 2, 2), (2, 2)),   # dilation, mixed strides
     (6, 1, 1, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
     (7, 28, 28, 7, (3, 3), (3, 3, 3, 3), (1, 1)),
+    (3, 40, 45, 3, (2, 2), (1, 1, 1, 1), (1, 1)),   # stride 2 with tiles inside the image
+    (2, 23, 41, 5, (2, 2), (2, 2, 2, 2), (1, 1)),
+    (2, 20, 37, 5, (1, 1), (2, 2, 2, 2), (1, 1)),
+    (3, 17, 30, 3, (1, 2), (1, 1, 1, 1), (1, 1)),   # mixed strides, either way
+    (3, 17, 30, 3, (2, 1), (1, 1, 1, 1), (1, 1)),
+    (2, 19, 21, 3, (1, 1), (2, 2, 2, 2), (2, 1)),   # row dilation only
+    (2, 12, 13, 4, (1, 1), (1, 2, 2, 1), (1, 1)),   # even kernel, asymmetric pads
 ])
-def test_depthwise_conv(K, c, h, w, k, stride, pads, dil):
+def test_depthwise_conv(K, c, h, w, k, stride, pads, dil, act="relu6"):
     rng = _rng("dw", c, h, w, k, stride, pads, dil)
     x = rng.standard_normal((c, h, w)).astype(np.float32)
     wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
     bias = rng.standard_normal(c).astype(np.float32)
     want = _direct_conv(x.astype(np.float64), wt.astype(np.float64), bias, stride, pads, dil, c)
-    params, fn = ACTS["relu6"]
+    params, fn = ACTS[act]
     out = np.full(want.shape, np.nan, np.float32)
     K.depthwise_conv(x, wt.reshape(c, k * k), bias, k, k, *stride, pads[0], pads[1], *dil,
                      np.array(params, np.float32), out)
     np.testing.assert_allclose(out, fn(want), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("act", list(ACTS))
+def test_depthwise_conv_activations(K, act):
+    test_depthwise_conv(K, 4, 11, 19, 3, (1, 1), (1, 1, 1, 1), (1, 1), act)
+    test_depthwise_conv(K, 4, 11, 19, 5, (2, 2), (2, 2, 2, 2), (1, 1), act)
 
 
 @pytest.mark.parametrize("c,h,w,kh,kw,stride,pads,dil,groups,cout", [
