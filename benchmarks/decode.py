@@ -94,14 +94,14 @@ def weight_bytes_per_token(m) -> int:
     return sum(tensor_nbytes(m.edge.dtype(t), m.edge.shape(t)) for t in names)
 
 
-def run_edgert(name: str, threads: int, n_prompt: int, n_decode: int) -> dict:
+def run_edgert(name: str, threads: int, n_prompt: int, n_decode: int, activations: str = "int16") -> dict:
     import numpy as np
 
     import edgert
 
     path = edge_path(name, gguf_path(name))
     t0 = time.perf_counter()
-    m = edgert.load(path, threads=threads)
+    m = edgert.load(path, threads=threads, activations=activations)
     load_s = time.perf_counter() - t0
     ids = prompt_ids(m.tokenizer.encode, n_prompt)
     next(iter(m.generate(ids[:8], max_tokens=1, temperature=0.0, stop_at_eot=False)))
@@ -158,14 +158,20 @@ def main() -> None:
     ap.add_argument("--peer", choices=["llama.cpp"], default=None)
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--activations", nargs="+", choices=["int16", "int8"], default=["int16"],
+                    help="edgert activation precisions to run (each its own row)")
     ap.add_argument("--one", nargs=3, metavar=("ENGINE", "MODEL", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         engine, model, threads = args.one
-        run = run_edgert if engine == "edgert" else run_llamacpp
-        print(json.dumps(run(model, int(threads), args.prompt_tokens, args.decode_tokens)))
+        if engine.startswith("edgert"):  # edgert:<activations>
+            r = run_edgert(model, int(threads), args.prompt_tokens, args.decode_tokens, engine.split(":")[1])
+            r["activations"] = engine.split(":")[1]
+        else:
+            r = run_llamacpp(model, int(threads), args.prompt_tokens, args.decode_tokens)
+        print(json.dumps(r))
         return
-    engines = ["edgert"] + ([args.peer] if args.peer else [])
+    engines = [f"edgert:{a}" for a in args.activations] + ([args.peer] if args.peer else [])
     results = []
 
     def one(engine, model, threads, env=None):
@@ -177,12 +183,12 @@ def main() -> None:
     for model in args.models:
         edge_path(model, gguf_path(model))  # fetch and convert here, not inside a measured process
         with tempfile.TemporaryDirectory() as empty:  # every kernel compiled from scratch
-            cold = one("edgert", model, args.threads[0], dict(os.environ, NUMBA_CACHE_DIR=empty))["ttft_s"]
-        one("edgert", model, args.threads[0])  # fills the Numba cache the measured runs use
+            cold = one(engines[0], model, args.threads[0], dict(os.environ, NUMBA_CACHE_DIR=empty))["ttft_s"]
+        one(engines[0], model, args.threads[0])  # fills the Numba cache the measured runs use
         for threads in args.threads:
             for engine in engines:
                 results.append(one(engine, model, threads))
-                if engine == "edgert":
+                if engine.startswith("edgert"):
                     results[-1]["cold_ttft_s"] = cold
                 print(json.dumps(results[-1]), file=sys.stderr)
     if args.peer:

@@ -62,7 +62,7 @@ def run_mode(mode: str, args) -> list[dict]:
 
     target_path = edge_path(args.target, gguf_path(args.target))
     budget = {"memory_budget": args.memory_budget} if args.memory_budget else {}
-    kw = {"threads": args.threads, **budget}
+    kw = {"threads": args.threads, "activations": args.activations, **budget}
     if mode != "target":
         kw.update(MODES[mode](edge_path(args.draft, gguf_path(args.draft))))
     if kw["threads"] is None:  # all cores
@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=len(PROMPTS))
     ap.add_argument("--modes", nargs="+", default=["tree", "linear", "lookup"], choices=list(MODES))
     ap.add_argument("--memory-budget", default=None, help="stream the target's weights within this budget")
+    ap.add_argument("--activations", choices=["int16", "int8"], default="int16",
+                    help="activation precision (both models)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -98,7 +100,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", mode] + [
             a for k, v in (("--target", args.target), ("--draft", args.draft), ("--threads", args.threads),
                            ("--max-tokens", args.max_tokens), ("--prompts", args.prompts),
-                           ("--memory-budget", args.memory_budget)) if v is not None for a in (k, str(v))]
+                           ("--memory-budget", args.memory_budget), ("--activations", args.activations))
+            if v is not None for a in (k, str(v))]
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         runs[mode] = json.loads(out.strip().splitlines()[-1])
     base = runs["target"]
@@ -120,7 +123,8 @@ def main() -> None:
                 draft_share=sum(r["draft_s"] for r in rs) / sum(r["draft_s"] + r["verify_s"] for r in rs))
     print(json.dumps({"benchmark": "speculative", "target": args.target, "draft": args.draft,
                       "threads": args.threads, "max_tokens": args.max_tokens, "prompts": args.prompts,
-                      "memory_budget": args.memory_budget, "load_avg": os.getloadavg(), "results": results},
+                      "memory_budget": args.memory_budget, "activations": args.activations,
+                      "load_avg": os.getloadavg(), "results": results},
                      indent=2))
 
 

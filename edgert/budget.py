@@ -83,8 +83,9 @@ def row_bytes(t: dict) -> int:
     return sum(dt.itemsize * int(math.prod(shape[1:])) for _, dt, shape, _ in tensor_parts(t["dtype"], t["shape"]))
 
 
-def arena_bytes(program: dict, dims: dict) -> int:
-    """float32 arena + inputs + int16 activation scratch of one bound step."""
+def arena_bytes(program: dict, dims: dict, act_bytes: int = 2) -> int:
+    """float32 arena + inputs + activation scratch (act_bytes per element: int16 2, int8 1) of
+    one bound step."""
     _, cap = plan_buffers(program, dims)
     total = 4 * sum(cap) + 16 * dims.get("n", 1)
     shapes = set()
@@ -92,7 +93,7 @@ def arena_bytes(program: dict, dims: dict) -> int:
         if op["op"] == "linear":
             rows, k = concrete(program["values"][op["in"][0]], dims)
             shapes.add((rows, k))
-    total += sum(r * k * 2 + 2 * r * (k // 32) * 4 for r, k in shapes)
+    total += sum(r * k * act_bytes + 2 * r * (k // 32) * 4 for r, k in shapes)  # xq; xd and xs float32
     return total
 
 

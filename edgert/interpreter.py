@@ -16,10 +16,11 @@ from .errors import EdgeError
 from .kvcache import KVCache
 from .program import concrete, plan_buffers, validate
 
-# Decode activations are quantized per block of 32 to int16 (not llama.cpp's int8): the
-# integer dot products cost about the same, and the logits stay within float rounding of
-# the float path, so greedy decoding follows the reference model token for token.
-ACT_DTYPE = np.int16
+# Activations of quantized linears are quantized per block of 32 to int16 (the default: the
+# logits stay within float rounding of the float model, so greedy decoding follows it token
+# for token) or to int8 as llama.cpp does (stored in the kernels' pair order; the products run
+# on vpmaddubsw, about 2x faster, with a small drift). See edgert.kernels.jit.quant.
+ACTIVATIONS = {"int16": np.int16, "int8": np.int8}
 _DTYPES = {"i64": np.int64, "f32": np.float32}
 _PYODIDE = sys.platform == "emscripten"  # no BLAS there: np.einsum beats np.matmul about 2x
 EXPAND = (None, "f32", "int8")  # Weights(expand=...): how quantized tensors are kept in memory
@@ -94,6 +95,7 @@ class _Step:
         self.env = env
         self.mask = np.zeros((0, 0), np.bool_)
         self.act_scratch = {}  # (rows, K) -> [xq, xd, xs, value quantized in it last], see _bind_linear
+        self.act_dtype = interp.act_dtype
         self.calls = [interp.bind(op, self) for op in prog["ops"]]
         self.outputs = [env[v] for v in prog["outputs"]]
 
@@ -104,9 +106,13 @@ class _Step:
 
 class Interpreter:
     def __init__(self, program: dict, edge, backend: str | None = None, weights: str | None = None,
-                 store=None):
+                 store=None, activations: str = "int16"):
         """weights: None keeps quantized tensors as stored; "f32" or "int8" expands them (see Weights).
-        store: an edgert.weightstore.WeightStore that reads the weights under a memory budget."""
+        store: an edgert.weightstore.WeightStore that reads the weights under a memory budget.
+        activations: "int16" or "int8", how quantized linears quantize their input (ACTIVATIONS)."""
+        if activations not in ACTIVATIONS:
+            raise EdgeError(f"activations must be one of {', '.join(ACTIVATIONS)}, not {activations!r}")
+        self.act_dtype = ACTIVATIONS[activations]
         validate(program, edge.header["tensors"], OPS)
         self.program = program
         self.K = kernel_registry.load(backend)
@@ -184,7 +190,7 @@ def _bind_rms_norm(it, op, st):
 
 def _bind_linear(it, op, st):
     """out [rows, N] = x [rows, K] @ W.T (+ bias). Quantized W: the activation is quantized to
-    int16 per block into a scratch shared by all linears of its shape (the next linear on the
+    int16 or int8 per block into a scratch shared by all linears of its shape (the next linear on the
     same input skips quantizing), then one integer-dot kernel serves decode (1 row) and
     prefill (many rows) alike."""
     K = it.K
@@ -227,7 +233,7 @@ def act_scratch(st, src: str, x):
     scratch = st.act_scratch.get((rows, kdim))
     if scratch is None:
         blocks = np.zeros((2, rows, kdim // 32), np.float32)
-        scratch = st.act_scratch[rows, kdim] = [np.zeros((rows, kdim), ACT_DTYPE), blocks[0], blocks[1], None]
+        scratch = st.act_scratch[rows, kdim] = [np.zeros((rows, kdim), st.act_dtype), blocks[0], blocks[1], None]
     fresh = scratch[3] != src
     scratch[3] = src
     return scratch[0], scratch[1], scratch[2], fresh

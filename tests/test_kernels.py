@@ -77,26 +77,46 @@ def test_without_numba(monkeypatch):
 
 # --- quantized products -----------------------------------------------------------------------
 
-ACT_DTYPES = [np.int8, np.int16]
+ACTS = [np.int16, np.int8]  # activation precisions: int16 natural order, int8 pair order
 
 
-@pytest.mark.parametrize("adt", ACT_DTYPES)
+def natural_order(xq):
+    """Quantized activation [n, K] in natural order: int16 is; int8 comes in the kernels' pair
+    order (blocks 2p, 2p + 1 stored as [2p: 0-15, 2p+1: 0-15, 2p: 16-31, 2p+1: 16-31], a last
+    odd block as is)."""
+    if xq.dtype == np.int16:
+        return xq
+    n, K = xq.shape
+    full = K // 64 * 64
+    pairs = xq[:, :full].reshape(n, K // 64, 2, 2, 16)  # [pair, half (elements 0-15 / 16-31), block, 16]
+    return np.concatenate([pairs.transpose(0, 1, 3, 2, 4).reshape(n, full), xq[:, full:]], axis=1)
+
+
+def quantized_act(K, x, act=np.int8):
+    """(xq, xd, xs) of x from K.quantize_act, xq of dtype act."""
+    n, Kd = x.shape
+    xq, xd, xs = np.empty((n, Kd), act), np.empty((n, Kd // 32), np.float32), np.empty((n, Kd // 32), np.float32)
+    K.quantize_act(x, xq, xd, xs)
+    return xq, xd, xs
+
+
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("n", [1, 3, 17])
 @pytest.mark.parametrize("Kd", [32, 96, 576])
-def test_quantize_act(K, n, Kd, adt):
+def test_quantize_act(K, n, Kd, act):
     x = _rng("qa", n, Kd).standard_normal((n, Kd)).astype(np.float32) * 3
     x[0, :32] = 0  # an all-zero block
     B = Kd // 32
-    xq, xd, xs = np.empty((n, Kd), adt), np.empty((n, B), np.float32), np.empty((n, B), np.float32)
-    K.quantize_act(x, xq, xd, xs)
-    qmax = np.iinfo(adt).max
+    qmax = np.iinfo(act).max
+    xq, xd, xs = quantized_act(K, x, act)
+    xn = natural_order(xq).astype(np.float64)
     x64 = x.astype(np.float64).reshape(n, B, 32)
     amax = np.abs(x64).max(axis=-1)
     np.testing.assert_allclose(xd, amax / qmax, rtol=1e-6)
     scale = np.where(amax > 0, amax / qmax, 1)[..., None]
-    err = np.abs(xq.reshape(n, B, 32) - x64 / scale)
+    err = np.abs(xn.reshape(n, B, 32) - x64 / scale)
     assert err.max() <= 0.5 + qmax * 1e-6  # round to nearest, up to float32 rounding of x / xd
-    np.testing.assert_allclose(xs, amax / qmax * xq.reshape(n, B, 32).sum(axis=-1), rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(xs, amax / qmax * xn.reshape(n, B, 32).sum(axis=-1), rtol=1e-6, atol=1e-30)
 
 
 def _qmatmul_routes():
@@ -120,32 +140,58 @@ def test_isa_switch():
     assert out.stdout.split() == ["0", "True"]
 
 
-@pytest.mark.parametrize("adt", ACT_DTYPES)
 @pytest.mark.parametrize("fmt", FMTS)
 @pytest.mark.parametrize("N", [1, 7, 130])
-@pytest.mark.parametrize("Kd", [32, 96, 576])
+@pytest.mark.parametrize("Kd", [32, 96, 480, 576, 1024])
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7])
 @pytest.mark.parametrize("route", [r for r, _ in _qmatmul_routes()])
-def test_qmatmul(fmt, N, Kd, n, adt, route):
+@pytest.mark.parametrize("act", ACTS)
+def test_qmatmul(fmt, N, Kd, n, route, act):
     """Every route (NumPy twin, Numba portable and AVX2) on 1 token (decode), whole tiles of 4
-    tokens and a remainder."""
+    tokens and a remainder; 1, 3, 15, 18, 32 blocks (groups of 8, pairs, an odd last block)."""
     K = kernels.load("ref")
     qmatmul = dict(_qmatmul_routes())[route]
     rng = _rng("mm", fmt, N, Kd, n)
     (code, d, m, qs), w = random_parts(rng, fmt, N, Kd)
     x = rng.standard_normal((n, Kd)).astype(np.float32)
     B = Kd // 32
-    xq, xd, xs = np.empty((n, Kd), adt), np.empty((n, B), np.float32), np.empty((n, B), np.float32)
-    K.quantize_act(x, xq, xd, xs)
+    xq, xd, xs = quantized_act(K, x, act)
     out = np.full((n, N), np.nan, np.float32)
     qmatmul(code, xq, xd, xs, d, m, qs, out)
     # Against the dequantized activation xq * xd: only float32 rounding (relative to sum |w x|).
-    xa = (xq.reshape(n, B, 32) * xd.astype(np.float64)[..., None]).reshape(n, Kd)
+    xa = (natural_order(xq).reshape(n, B, 32) * xd.astype(np.float64)[..., None]).reshape(n, Kd)
     mag = np.abs(xa) @ np.abs(w).T
     assert np.all(np.abs(out - xa @ w.T) <= 1e-5 * mag + 1e-30)
     # Against the float activation: rounding moves each element by at most xd / 2.
     bound = np.repeat(xd.astype(np.float64) / 2, 32, axis=1) @ np.abs(w).T
     assert np.all(np.abs(out - x.astype(np.float64) @ w.T) <= bound * (1 + 1e-4) + 1e-5 * mag)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("Kd", [96, 576])
+@pytest.mark.parametrize("act", ACTS)
+def test_qmatmul_rows_alone(fmt, Kd, act):
+    """Numba routes: each token's output is the same bit for bit alone or in a batch of any size
+    (token trees rely on it), and the portable route equals the AVX2 one (same integer sums,
+    same float steps)."""
+    routes = [f for r, f in _qmatmul_routes() if r != "ref"]
+    if not routes:
+        pytest.skip("the instruction routes are Numba's")
+    rng = _rng("alone", fmt, Kd)
+    (code, d, m, qs), _ = random_parts(rng, fmt, 37, Kd)
+    xq, xd, xs = quantized_act(kernels.load("ref"), rng.standard_normal((7, Kd)).astype(np.float32), act)
+    outs = []
+    for qmatmul in routes:
+        alone = np.empty((7, 37), np.float32)
+        for t in range(7):
+            qmatmul(code, xq[t:t + 1], xd[t:t + 1], xs[t:t + 1], d, m, qs, alone[t:t + 1])
+        for n in (2, 3, 4, 7):
+            batch = np.empty((n, 37), np.float32)
+            qmatmul(code, xq[:n], xd[:n], xs[:n], d, m, qs, batch)
+            np.testing.assert_array_equal(batch, alone[:n])
+        outs.append(alone)
+    for other in outs[1:]:
+        np.testing.assert_array_equal(other, outs[0])
 
 
 @pytest.mark.parametrize("fmt", FMTS)
@@ -288,10 +334,46 @@ def test_attention(K, n, heads, D, n_past, causal):
     np.testing.assert_allclose(out, attention64(q, k_cache, v_cache, n_past, visible, scale), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_past", [5, 13, 31])
+def test_attention_tree_node_equals_its_path(K, n_past):
+    """A token-tree node's output is bit for bit that of its path decoded one token at a time
+    (int8 activations turn any 1-ulp difference into a different code downstream). Numba only:
+    the NumPy twin's vectorized sums are not exact in this sense."""
+    if K.__name__.endswith(".ref"):
+        pytest.skip("bit-exact tree verification is a property of the Numba kernels")
+    rng = _rng("tree", n_past)
+    H, Hkv, D, n = 9, 3, 64, 12
+    q, k, v = (rng.standard_normal((n, h, D)).astype(np.float32) for h in (H, Hkv, Hkv))
+    caches = rng.standard_normal((2, Hkv, n_past + n, D)).astype(np.float32)
+    mask = tree_mask(rng, n)
+    tree = np.empty((n, H, D), np.float32)
+    k_cache, v_cache = caches.copy()
+    K.attention(q, k, v, k_cache, v_cache, n_past, mask, 0.125, tree)
+    path = [int(j) for j in np.flatnonzero(mask[n - 1])]  # the last node's ancestors, root first
+    k_cache, v_cache = caches.copy()
+    for step, j in enumerate(path):
+        one = np.empty((1, H, D), np.float32)
+        K.attention(q[j:j + 1], k[j:j + 1], v[j:j + 1], k_cache, v_cache, n_past + step, np.zeros((0, 0), np.bool_),
+                    0.125, one)
+        np.testing.assert_array_equal(one[0], tree[j])
+
+
+def test_silu_mul_rows_alone(K):
+    """Each row of a batch exactly as alone (the fused gate/up value's strided halves)."""
+    gu = (_rng("silu-rows").standard_normal((6, 2 * 1536)) * 3).astype(np.float32)
+    batch = np.empty((6, 1536), np.float32)
+    K.silu_mul(gu[:, :1536], gu[:, 1536:], batch)
+    for i in range(6):
+        one = np.empty((1, 1536), np.float32)
+        K.silu_mul(gu[i:i + 1, :1536], gu[i:i + 1, 1536:], one)
+        np.testing.assert_array_equal(one[0], batch[i])
+
+
 # --- real weights ---------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_real_smollm2_weights(K, smollm2_gguf):
+@pytest.mark.parametrize("act", ACTS)
+def test_real_smollm2_weights(K, smollm2_gguf, act):
     """qmatmul and dequant_rows on SmolLM2's Q4_1 and Q8_0 tensors against gguf's dequantizer."""
     gguf = pytest.importorskip("gguf")
     from edgert.kernels.formats import from_gguf_blocks
@@ -316,9 +398,8 @@ def test_real_smollm2_weights(K, smollm2_gguf):
         np.testing.assert_array_equal(out, w[rows].astype(np.float32), err_msg=t.name)
         x = rng.standard_normal((1, Kd)).astype(np.float32)
         B = Kd // 32
-        xq, xd, xs = np.empty((1, Kd), np.int8), np.empty((1, B), np.float32), np.empty((1, B), np.float32)
-        K.quantize_act(x, xq, xd, xs)
+        xq, xd, xs = quantized_act(K, x, act)
         y = np.empty(N, np.float32)
         K.qmatmul(args[0], xq, xd, xs, *args[1:], y[None])
-        xa = (xq[0].reshape(B, 32) * xd[0].astype(np.float64)[:, None]).reshape(Kd)
+        xa = (natural_order(xq)[0].reshape(B, 32) * xd[0].astype(np.float64)[:, None]).reshape(Kd)
         assert np.all(np.abs(y - w @ xa) <= 1e-5 * (np.abs(w) @ np.abs(xa))), t.name

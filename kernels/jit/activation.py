@@ -24,7 +24,9 @@ def _exp(x):
 
 
 # error_model="numpy": no ZeroDivisionError check in the loop, which would block vectorization.
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+# No "arcp"/"reassoc" fast-math: with them a row's result depended on how many rows shared the
+# call (1-ulp differences), and token trees need each row exactly as alone.
+@njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz", "contract", "afn"}, error_model="numpy")
 def silu_mul(g, u, out):
     """out f32[n, F] = g * sigmoid(g) * u; out may be g or u."""
     n, f = g.shape

@@ -5,6 +5,20 @@ from numba import njit, prange
 from .activation import _exp
 
 
+@njit(cache=True, nogil=True)
+def _sum_nonzero(a, n):
+    """Sum of a[:n] (float32, >= 0) in 8 partial sums taken by the rank of the nonzero entries:
+    the same result bit for bit whatever zeros (masked positions) lie between them. No
+    fast-math here, so the order is kept."""
+    acc = np.zeros(8, np.float32)
+    r = 0
+    for t in range(n):
+        if a[t] != 0:
+            acc[r & 7] += a[t]
+            r += 1
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
 @njit(cache=True, nogil=True, fastmath=True, parallel=True)
 def attention(q, k, v, k_cache, v_cache, n_past, mask, scale, out):
     """Store the n new tokens' k, v f32[n, Hkv, D] at cache positions n_past..n_past+n-1 of
@@ -32,23 +46,25 @@ def attention(q, k, v, k_cache, v_cache, n_past, mask, scale, out):
         for g in range(group):
             for e in range(dim):
                 qi[g, e] = q[i, kh * group + g, e] * sc
+        # masked positions are tested by the mask itself (fast-math assumes no infinities, so a
+        # -inf score cannot mark them) and get probability exactly 0
         for t in range(length):
             visible = causal or t < n_past or mask[i, t - n_past]
             for g in range(group):
                 acc = np.float32(0)
                 for e in range(dim):
                     acc += qi[g, e] * k_cache[kh, t, e]
-                s[g, t] = acc if visible else -np.inf
+                s[g, t] = acc if visible else np.float32(-3e38)
         for g in range(group):
             mx = s[g, 0]
             for t in range(1, length):
                 mx = max(mx, s[g, t])
-            total = np.float32(0)
             for t in range(length):
-                p = _exp(s[g, t] - mx) if s[g, t] != -np.inf else np.float32(0)
-                s[g, t] = p
-                total += p
-            inv = np.float32(1) / total
+                visible = causal or t < n_past or mask[i, t - n_past]
+                s[g, t] = _exp(s[g, t] - mx) if visible else np.float32(0)
+            # a token-tree node must match the same path decoded token by token: a vectorized sum
+            # would group the visible terms differently around the masked ones
+            inv = np.float32(1) / _sum_nonzero(s[g], length)
             for t in range(length):
                 s[g, t] *= inv
         for g in range(group):
