@@ -60,6 +60,19 @@ def _ptr(context, builder, arrty, arr):
     return context.make_array(arrty)(context, builder, arr).data
 
 
+def _vector_fns(builder, nl):
+    """LLVM intrinsics on <nl x float>: fmuladd, maxnum, minnum, masked load, masked store."""
+    fv = ir.VectorType(_F32, nl)
+    bv = ir.VectorType(ir.IntType(1), nl)
+    ptrty = fv.as_pointer()
+
+    def fn(name, ret, argtys):
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, argtys), name)
+    return (fn(f"llvm.fmuladd.v{nl}f32", fv, [fv, fv, fv]), fn(f"llvm.maxnum.v{nl}f32", fv, [fv, fv]),
+            fn(f"llvm.minnum.v{nl}f32", fv, [fv, fv]), fn(f"llvm.masked.load.v{nl}f32.p0", fv, [ptrty, _I32, bv, fv]),
+            fn(f"llvm.masked.store.v{nl}f32.p0", ir.VoidType(), [fv, ptrty, _I32, bv]))
+
+
 @intrinsic(prefer_literal=True)
 def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, out, o0, j0):
     """out[o0 + g, j0 : j0 + V*L] = act(bias[o0 + g] + sum over k in [k0, k1) of
@@ -85,14 +98,8 @@ def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, out, o0
         def c64(v):
             return ir.Constant(_I64, v)
 
-        def fn(name, ret, argtys):
-            return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, argtys), name)
-        fma = fn(f"llvm.fmuladd.v{nl}f32", fv, [fv, fv, fv])
-        vmax = fn(f"llvm.maxnum.v{nl}f32", fv, [fv, fv])
-        vmin = fn(f"llvm.minnum.v{nl}f32", fv, [fv, fv])
+        fma, vmax, vmin, mload, mstore = _vector_fns(builder, nl)
         ptrty = fv.as_pointer()
-        mload = fn(f"llvm.masked.load.v{nl}f32.p0", fv, [ptrty, _I32, bv, fv])
-        mstore = fn(f"llvm.masked.store.v{nl}f32.p0", ir.VoidType(), [fv, ptrty, _I32, bv])
 
         def splat(s):
             v = builder.insert_element(ir.Constant(fv, ir.Undefined), s, ir.Constant(_I32, 0))
@@ -286,14 +293,8 @@ def _dw_tile(typingctx, L, R, KH, SH, SW, masked, src, zero, base, pitch, ih0, s
         def c64(v):
             return ir.Constant(_I64, v)
 
-        def fn(name, ret, argtys):
-            return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, argtys), name)
-        fma = fn(f"llvm.fmuladd.v{nl}f32", fv, [fv, fv, fv])
-        vmax = fn(f"llvm.maxnum.v{nl}f32", fv, [fv, fv])
-        vmin = fn(f"llvm.minnum.v{nl}f32", fv, [fv, fv])
+        fma, vmax, vmin, mload, mstore = _vector_fns(builder, nl)
         ptrty = fv.as_pointer()
-        mload = fn(f"llvm.masked.load.v{nl}f32.p0", fv, [ptrty, _I32, bv, fv])
-        mstore = fn(f"llvm.masked.store.v{nl}f32.p0", ir.VoidType(), [fv, ptrty, _I32, bv])
 
         def splat(s, ty=fv):
             v = builder.insert_element(ir.Constant(ty, ir.Undefined), s, ir.Constant(_I32, 0))
