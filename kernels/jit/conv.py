@@ -86,7 +86,6 @@ def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, out, o0
 
     def codegen(context, builder, sig, args):
         fv = ir.VectorType(_F32, nl)
-        bv = ir.VectorType(ir.IntType(1), nl)
         x_p, vals_p, idx_p, bias_p, act_p, out_p = (_ptr(context, builder, sig.args[k], args[k])
                                                     for k in (3, 4, 5, 8, 9, 10))
         P = cgutils.unpack_tuple(builder, context.make_array(sig.args[3])(context, builder, args[3]).shape, 2)[1]
@@ -279,7 +278,6 @@ def _dw_tile(typingctx, L, R, KH, SH, SW, masked, src, zero, base, pitch, ih0, s
     def codegen(context, builder, sig, args):
         fv = ir.VectorType(_F32, nl)
         iv = ir.VectorType(_I64, nl)
-        bv = ir.VectorType(ir.IntType(1), nl)
         arg = dict(zip(_DW_TILE_ARGS, args))
         arr = {k: _ptr(context, builder, ty, arg[k]) for k, ty in zip(_DW_TILE_ARGS, sig.args)
                if isinstance(ty, types.Array)}
