@@ -63,8 +63,16 @@ def _bind_conv(it, op, st):
 
 def _bind_dense(it, op, st):
     """dense: out [..., N] = x [..., K] @ weight f32[K, N] + bias (a row [N], else broadcast
-    afterwards, e.g. Gemm's [M, N] C)."""
+    afterwards, e.g. Gemm's [M, N] C). On one row (M = 1) the converter stores weight.T [N, K]
+    in the block layout instead (vals, idx, ptr, bias f32[nb*GROUP]): conv_gemm on one pixel."""
     x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    if "vals" in op["w"]:
+        w = op["w"]
+        vals = it.weights.get(w["vals"]).reshape(-1, GROUP)
+        idx, ptr, bias = _int_tensor(it, w["idx"]), _int_tensor(it, w["ptr"]), it.weights.get(w["bias"])
+        x1, o1 = x.reshape(-1, 1), out.reshape(-1, 1)
+        act = np.array([1, 0, -np.inf, np.inf, 0], np.float32)
+        return lambda: it.K.conv_gemm(x1, vals, idx, ptr, bias, act, o1)
     w = it.weights.get(op["w"]["weight"])
     k, n = w.shape
     bias = it.weights.get(op["w"]["bias"]) if "bias" in op["w"] else np.zeros(n, np.float32)

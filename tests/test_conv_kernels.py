@@ -74,6 +74,24 @@ def test_conv_gemm(K, cout, k, p, sparsity, act):
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("p", [1, 20])
+def test_conv_gemm_on_a_slice_of_ptr(K, p):
+    """A grouped conv's layouts stored one after the other: group 1 passes its own slice of ptr,
+    whose offsets start where group 0's entries end."""
+    rng = _rng("gemm-slice", p)
+    ws = [rng.standard_normal((6, 9)).astype(np.float32) for _ in range(2)]
+    ws[1][:4, :5] = 0
+    lay = [block_layout(w) for w in ws]
+    vals, idx = np.concatenate([la[0] for la in lay]), np.concatenate([la[1] for la in lay])
+    ptr = np.concatenate([lay[0][2], lay[1][2] + len(lay[0][1])]).astype(np.int32)
+    x = rng.standard_normal((9, p)).astype(np.float32)
+    n = len(lay[0][2])
+    for g, sl in enumerate((ptr[:n], ptr[n:])):
+        out = np.full((6, p), np.nan, np.float32)
+        K.conv_gemm(x, vals, idx, sl, lay[g][3], np.array(ACTS["identity"][0], np.float32), out)
+        np.testing.assert_allclose(out, ws[g].astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("c,h,w,k,stride,pads,dil", [
     (3, 7, 9, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
     (5, 12, 11, 3, (2, 2), (0, 0, 1, 1), (1, 1)),   # TF "same" padding after a stride-2 conv

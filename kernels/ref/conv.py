@@ -26,12 +26,13 @@ def apply_act(y, act, out):
 
 def conv_gemm(x, vals, idx, ptr, bias, act, out):
     """out f32[Cout, P] = act(W @ x + bias) for x f32[K, P], W [Cout, K] in the block layout
-    (vals f32[nnz, GROUP], idx i32[nnz], ptr i32[nb + 1]); bias f32[nb * GROUP]; act f32[5].
-    W is rebuilt dense here; einsum rather than @ (no BLAS under Pyodide)."""
+    (vals f32[nnz, GROUP], idx i32[nnz], ptr i32[nb + 1]: entries ptr[0] .. ptr[nb] - 1, so one
+    group's slice of a grouped conv's ptr); bias f32[nb * GROUP]; act f32[5]. W is rebuilt
+    dense here; einsum rather than @ (no BLAS under Pyodide)."""
     nb = len(ptr) - 1
     cout, k = out.shape[0], x.shape[0]
     w = np.zeros((nb, k, GROUP), np.float32)
-    w[np.repeat(np.arange(nb), np.diff(ptr)), idx] = vals
+    w[np.repeat(np.arange(nb), np.diff(ptr)), idx[ptr[0]:ptr[nb]]] = vals[ptr[0]:ptr[nb]]
     w = w.transpose(0, 2, 1).reshape(nb * GROUP, k)[:cout]
     np.einsum("ok,kp->op", w, x, out=out)
     out += bias[:cout, None]
