@@ -62,11 +62,12 @@ def photos():
 
 def timed_rounds(fns: dict, iters: int, burst: int = 4) -> dict:
     """{name: median seconds of one call}: rounds of `burst` calls of each configuration in
-    turn, the first call of each burst untimed (so that one engine's idle threads, which spin
+    turn, after a pause and one untimed call (so that one engine's idle threads, which spin
     for a while after a call, do not land in the other's figures)."""
     times = {k: [] for k in fns}
     for _ in range(max(1, iters // burst)):
         for k, f in fns.items():
+            time.sleep(0.05)
             f()
             for _ in range(burst):
                 t = time.perf_counter()

@@ -349,13 +349,17 @@ def _codegen_i16(nt, rt, nibbles):
     """_dot_tile's code for int16 activations in natural order (the default, exact path): per
     block of 32 the weight codes widen to int16 and meet the activation in vpmaddwd (8 int32
     lanes), scaled in float and accumulated 8 wide in N_ACC accumulators per token; the 4-bit
-    offset term is left to qmatmul. Same argument list as _dot_tile (c, cs unused)."""
+    offset term (c * xs, 8 blocks per fma) beside it, as in the int8 tile, and the codes
+    prefetched PREFETCH bytes ahead (q8_0 ffn_down of Qwen2.5-1.5B, 1536 x 8960, 1 thread:
+    1.12 -> 0.82 ms; q4_1 1.16 -> 0.95 ms at 17920 x 1536, 0.86 -> 0.55 ms at 1536 x 8960, the
+    last also for the offset term leaving qmatmul's scalar loop). Same argument list as _dot_tile."""
 
     def codegen(context, builder, sig, args):
         v16 = ir.VectorType(_I16, 16)
         f8 = ir.VectorType(_F32, 8)
-        qs_p, d_p = (_ptr(context, builder, sig.args[k], args[k]) for k in (2, 3))
-        xq_p, xd_p, out_p = (_ptr(context, builder, sig.args[k], args[k]) for k in (6, 7, 9))
+        qs_p, d_p, c_p = (_ptr(context, builder, sig.args[k], args[k]) for k in (2, 3, 4))
+        xq_p, xd_p, xs_p, out_p = (_ptr(context, builder, sig.args[k], args[k]) for k in (6, 7, 8, 9))
+        cs_v = context.cast(builder, args[5], sig.args[5], types.float32)
         nb = cgutils.unpack_tuple(builder, context.make_array(sig.args[3])(context, builder, args[3]).shape, 2)[1]
         kdim = cgutils.unpack_tuple(builder, context.make_array(sig.args[6])(context, builder, args[6]).shape, 2)[1]
         ncols = cgutils.unpack_tuple(builder, context.make_array(sig.args[9])(context, builder, args[9]).shape, 2)[1]
@@ -366,6 +370,7 @@ def _codegen_i16(nt, rt, nibbles):
         # independent accumulators per token (blocks alternate between them), the same number
         # for every T: a token's output does not depend on how many tokens share the call
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(N_ACC)] for _ in range(nt)]
+        offs = [cgutils.alloca_once_value(builder, zero) for _ in range(nt)]  # 4-bit offset term
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f8, [f8, f8, f8]), "llvm.fmuladd.v8f32")
         lanes = ir.VectorType(_I32, 8)
 
@@ -389,10 +394,21 @@ def _codegen_i16(nt, rt, nibbles):
                 builder.store(builder.call(fma, [builder.sitofp(s, f8), scale, builder.load(acc)]), acc)
 
         groups = builder.udiv(nb, ir.Constant(_I64, 8))  # 8 blocks' scales widened as one vector
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
         with cgutils.for_range(builder, groups) as loop:
             b0 = builder.mul(loop.index, ir.Constant(_I64, 8))
+            base = builder.mul(builder.add(builder.mul(r, nb), b0), ir.Constant(_I64, stride))
+            for k in range(0, 8 * stride, 64):
+                a = builder.gep(qs_p, [builder.add(base, ir.Constant(_I64, PREFETCH + k))])
+                builder.call(prefetch, [a, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
             dv = _f16_ir(builder, _vload(builder, d_p, builder.add(builder.mul(r, nb), b0), 8, _I16), rt)
             sc = [builder.fmul(dv, _vload(builder, xd_p, builder.add(builder.mul(t, nb), b0), 8, _F32)) for t in toks]
+            if nibbles:
+                cv = _f16_ir(builder, _vload(builder, c_p, builder.add(builder.mul(r, nb), b0), 8, _I16), rt)
+                for t, off in zip(toks, offs):
+                    xs8 = _vload(builder, xs_p, builder.add(builder.mul(t, nb), b0), 8, _F32)
+                    builder.store(builder.call(fma, [cv, xs8, builder.load(off)]), off)
             for k in range(8):
                 block(builder.add(b0, ir.Constant(_I64, k)), [splat(v, k) for v in sc], k)
         with cgutils.for_range_slice(builder, builder.mul(groups, ir.Constant(_I64, 8)), nb,
@@ -401,16 +417,30 @@ def _codegen_i16(nt, rt, nibbles):
                                         builder.load(builder.gep(d_p, [builder.add(builder.mul(r, nb), b)])),
                                         ir.Constant(_I32, 0))
             dw = _f16_ir(builder, hv, rt)
+            cw = None
+            if nibbles:
+                hc = builder.insert_element(ir.Constant(ir.VectorType(_I16, 8), [0] * 8),
+                                            builder.load(builder.gep(c_p, [builder.add(builder.mul(r, nb), b)])),
+                                            ir.Constant(_I32, 0))
+                cw = _f16_ir(builder, hc, rt)  # lane 0: c of block b, other lanes 0
             scales = []
-            for t in toks:
-                xd_t = builder.load(builder.gep(xd_p, [builder.add(builder.mul(t, nb), b)]))
-                one = builder.insert_element(ir.Constant(f8, None), xd_t, ir.Constant(_I32, 0))
+            for t, off in zip(toks, offs):
+                tb = builder.add(builder.mul(t, nb), b)
+                one = builder.insert_element(ir.Constant(f8, None), builder.load(builder.gep(xd_p, [tb])),
+                                             ir.Constant(_I32, 0))
                 scales.append(splat(builder.fmul(dw, one), 0))
+                if nibbles:
+                    xs1 = splat(builder.insert_element(ir.Constant(f8, None), builder.load(builder.gep(xs_p, [tb])),
+                                                       ir.Constant(_I32, 0)), 0)
+                    builder.store(builder.call(fma, [cw, xs1, builder.load(off)]), off)
             block(b, scales)
-        for t, acc in zip(toks, accs):
+        cs8 = splat(builder.insert_element(ir.Constant(f8, None), cs_v, ir.Constant(_I32, 0)), 0)
+        for t, acc, off in zip(toks, accs, offs):
             total = builder.load(acc[0])
             for a in acc[1:]:
                 total = builder.fadd(total, builder.load(a))
+            if nibbles:
+                total = builder.call(fma, [builder.load(off), cs8, total])
             builder.store(_hsum8(builder, total), builder.gep(out_p, [builder.add(builder.mul(t, ncols), r)]))
         return context.get_dummy_value()
 
@@ -490,13 +520,6 @@ def _make_qmatmul(route):
                     _dot_tile(2, route, q, d, c, cs, xq, xd, xs, out, r, t)
                 elif rest == 1:
                     _dot_tile(1, route, q, d, c, cs, xq, xd, xs, out, r, t)
-            if xq.itemsize == 2 and fmt != Q8_0:  # the int16 tile leaves the 4-bit offset term here
-                for r in range(r_lo, r_hi):
-                    for t in range(n):
-                        acc = np.float32(0)
-                        for b in range(nb):
-                            acc += _f16(c[r, b]) * xs[t, b]
-                        out[t, r] += cs * acc
 
     return qmatmul
 
