@@ -10,7 +10,7 @@ bursts (see timed_rounds; median per configuration), so machine noise hits them 
 ratios within a run. Per model and thread count: ms per image of onnxruntime
 (CPUExecutionProvider, intra_op_num_threads = threads), edgert dense, edgert at each group
 sparsity (every GEMM-shaped weight pruned: the 1x1 convs, the im2col convs such as the stem,
-and the classifier head; calibrated on six scikit-image photos). `pruned_ms` = the pruned
+and the classifier head; groups chosen and the rest refit on six scikit-image photos). `pruned_ms` = the pruned
 layers alone (sum over those ops of each op's median time; the stem's includes its im2col),
 `conv1x1_ms` = the 1x1 convs alone (what earlier runs reported as `gemm_ms`). Drift, against
 the dense model, on the other six photos and their mirror images: top-1 agreement and the

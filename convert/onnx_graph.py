@@ -22,8 +22,10 @@ Every GEMM-shaped weight is stored in the block layout (convert/prune.py) and ru
 the conv_gemm kernel: 1x1 and im2col convs, and `dense` ops on a single row (a classifier
 head: the kernel's one-pixel path, faster than the dense kernel here, 0.27 against 0.33 ms
 on EfficientNet-Lite0's 1280 x 1000 head). With prune > 0 each of these weights loses that
-fraction of its (GROUP x 1) groups, smallest first; depthwise weights and dense ops on
-several rows stay dense. A graph that is already group-sparse is compressed as well.
+fraction of its (GROUP x 1) groups, those of least OBS saliency on calibration inputs, and
+the rest is refit by least squares to the dense layer's output, layer after layer (_prune);
+depthwise weights and dense ops on several rows stay dense. A graph that is already
+group-sparse is compressed as well.
 """
 from __future__ import annotations
 
@@ -34,9 +36,10 @@ import numpy as np
 from edgert import __version__
 from edgert.errors import EdgeError
 from edgert.format import write_edge
+from edgert.kernels.ref.conv import apply_act, im2col
 from edgert.program import ProgramBuilder
 
-from .prune import GROUP, block_layout, group_sparsity, prune_groups
+from .prune import GROUP, block_layout, group_mask, group_sparsity, obs_scale, reconstruct
 
 BIG = 3.4028234663852886e38  # float32 max: "no bound" in act parameters (the JSON header has no inf)
 IDENTITY = [1.0, 0.0, -BIG, BIG, 0.0]
@@ -173,8 +176,10 @@ class _Lowering:
     """Walks the folded graph and emits edgert ops; conv weights stay pending (float arrays)
     until finish(), so that later nodes can fold into them."""
 
-    def __init__(self, f: Folded, prune: float, stats: dict | None = None):
-        self.f, self.prune, self.stats_in = f, prune, stats or {}
+    def __init__(self, f: Folded, prune: float, pruned: dict | None = None):
+        """prune: the group sparsity of the GEMM weights (for the stats); pruned: {op value:
+        (parts, bias)}, these weights pruned already (as gemm_weights returns them, see _prune)."""
+        self.f, self.prune, self.pruned = f, prune, pruned or {}
         self.b = ProgramBuilder()
         self.val = {}  # ONNX tensor -> edgert value
         self.producer = {}  # edgert value -> op dict
@@ -544,36 +549,34 @@ class _Lowering:
 
     # weights
     def finish(self):
-        """Materialise pending weights: prune (prune > 0) and pack the GEMM-shaped ones (1x1 and
-        im2col convs, one-row dense ops) into the block layout; lay out depthwise ones."""
+        """Materialise pending weights: pack the GEMM-shaped ones (1x1 and im2col convs, one-row
+        dense ops; from self.pruned where given) into the block layout; lay out the others."""
         self.stats = {"pruned_layers": 0, "gemm_group_sparsity": []}
         for v, p in self.pending.items():
             op = self.producer[v]
-            w, bias, a, scale = p["w"], p["b"], op.get("attrs", {}), self.stats_in.get(v)
-            if op["op"] == "dense":
-                if p["rows"] != 1:  # the block layout only for a single row (M = 1)
-                    op["w"] = {"weight": self.add_tensor("dense_w", w)}
-                    if bias is not None:
-                        op["w"]["bias"] = self.add_tensor("dense_b", bias)
-                    continue
-                n = w.shape[1]
-                row = np.zeros(n, np.float32) if bias is None else np.broadcast_to(bias.reshape(-1), (n,))
-                self._store_blocks(op, [self._pruned(np.ascontiguousarray(w.T), scale)], row)
-                continue
-            cout, group = w.shape[0], a["group"]
-            if a["kind"] == "depthwise":
-                op["w"] = {"weight": self.add_tensor("dw_w", w.reshape(cout, -1)),
-                           "bias": self.add_tensor("dw_b", bias)}
-                continue
-            cg, cin, taps = cout // group, w.shape[1], w.shape[2] * w.shape[3]
-            w2 = w.reshape(cout, -1)
-            parts = [self._pruned(w2[g * cg:(g + 1) * cg], None if scale is None else
-                                  np.repeat(scale[g * cin:(g + 1) * cin], taps)) for g in range(group)]
-            self._store_blocks(op, parts, bias)
+            if op["op"] == "dense" and p["rows"] != 1:  # the block layout only for a single row (M = 1)
+                op["w"] = {"weight": self.add_tensor("dense_w", p["w"])}
+                if p["b"] is not None:
+                    op["w"]["bias"] = self.add_tensor("dense_b", p["b"])
+            elif op["op"] == "conv" and op["attrs"]["kind"] == "depthwise":
+                op["w"] = {"weight": self.add_tensor("dw_w", p["w"].reshape(len(p["w"]), -1)),
+                           "bias": self.add_tensor("dw_b", p["b"])}
+            else:
+                self._store_blocks(op, *(self.pruned.get(v) or self.gemm_weights(v)))
 
-    def _pruned(self, w, col_scale):
-        """W [rows, K] group-pruned by self.prune (col_scale: RMS of each column's input)."""
-        return prune_groups(w, self.prune, col_scale) if self.prune > 0 else w
+    def gemm_weights(self, v):
+        """The GEMM-shaped weight of op v (a 1x1 / im2col conv or a one-row dense op): ([W_g
+        f32[rows, K] of each group g: K = Cin/group * kh * kw in im2col row order, or the dense
+        op's K], bias f32[sum of rows])."""
+        p, op = self.pending[v], self.producer[v]
+        w, bias = p["w"], p["b"]
+        if op["op"] == "dense":
+            n = w.shape[1]
+            row = np.zeros(n, np.float32) if bias is None else np.broadcast_to(bias.reshape(-1), (n,))
+            return [np.ascontiguousarray(w.T)], np.array(row, np.float32)
+        cg = w.shape[0] // op["attrs"]["group"]
+        w2 = w.reshape(w.shape[0], -1)
+        return [w2[g * cg:(g + 1) * cg] for g in range(op["attrs"]["group"])], bias
 
     def _store_blocks(self, op, parts, bias):
         """op's weights: the block layouts of `parts` (the [rows, K] weights of its groups, in
@@ -635,68 +638,148 @@ def _labels_from(path: str | None, meta: dict) -> list | None:
     return None
 
 
-def _calibrate(f: Folded, out: str, calibration, preprocess_override) -> dict:
-    """{op value: rms f64[Cin]} of the input channels of every op with a block-layout weight
-    (1x1 and im2col convs: Cin of all groups; one-row dense ops: K) of the dense graph over
-    the calibration inputs (float32 arrays for the first input, or image paths
-    preprocessed as the header says; None: four standard normal inputs, a data-free fallback)."""
+def _calibration_inputs(f: Folded, shape: list, calibration, preprocess_override) -> list:
+    """float32 arrays of the first input's shape: `calibration` (arrays, or image paths
+    preprocessed as the header says); None: four standard normal inputs (data-free)."""
+    if calibration is None:
+        rng = np.random.default_rng(0)
+        return [rng.standard_normal(shape).astype(np.float32) for _ in range(4)]
+    pre = preprocess_for(f.path, shape, preprocess_override)
+    out = []
+    for item in calibration:
+        if isinstance(item, (str, os.PathLike)):
+            from edgert.image import preprocess
+
+            if pre is None:
+                raise EdgeError("calibration images need an image model ([N, 3, H, W] input)")
+            item = preprocess(item, pre)
+        out.append(np.asarray(item, np.float32).reshape(shape))
+    return out
+
+
+def _layer_inputs(op: dict, x: np.ndarray, out_shape: list) -> list:
+    """The GEMM inputs of block-layout op `op` (output shape out_shape) on its input value x,
+    one f64[K + 1, pixels] per group (gemm_weights' K; the last row all ones, for the bias):
+    pixels of a 1x1 conv, im2col columns of any other conv (every image of the batch), the row
+    of a dense op."""
+    if op["op"] == "dense":
+        cols = [x.reshape(-1, x.shape[-1]).T]
+    elif op["attrs"]["kind"] == "gemm":
+        cols = [x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 0, 2).reshape(x.shape[1], -1)]
+    else:
+        a, (n, c) = op["attrs"], x.shape[:2]
+        cin, (kh, kw), (oh, ow) = c // a["group"], a["kernel"], out_shape[2:]
+        buf = np.empty((cin * kh * kw, oh, ow), np.float32)
+        cols = []
+        for g in range(a["group"]):
+            per_image = []
+            for i in range(n):
+                im2col(x[i, g * cin:(g + 1) * cin], kh, kw, *a["strides"], *a["pads"][:2], *a["dilations"], buf)
+                per_image.append(buf.reshape(len(buf), -1).copy())
+            cols.append(np.hstack(per_image))
+    return [np.vstack([c.astype(np.float64), np.ones((1, c.shape[1]))]) for c in cols]
+
+
+def _layer_output(op: dict, cols: list, parts: list, bias: np.ndarray, out: np.ndarray):
+    """out (op's output value, f32) = the op's result with weights parts (gemm_weights'
+    layout) and bias f32[sum of rows] on its inputs cols (_layer_inputs), activation included."""
+    r = 0
+    for c, w in zip(cols, parts):
+        y = w @ c[:-1] + bias[r:r + len(w), None]  # [rows, pixels]
+        if op["op"] == "dense":
+            out.reshape(-1, len(w))[...] = y.T
+        else:
+            out[:, r:r + len(w)] = y.reshape(len(w), out.shape[0], *out.shape[2:]).transpose(1, 0, 2, 3)
+        r += len(w)
+    if op["op"] == "conv":
+        apply_act(out, np.array(op["attrs"]["act"], np.float32), out)
+
+
+def _prune(f: Folded, out: str, sparsity: float, calibration, preprocess_override, progress: bool,
+           damp: float = 0.1) -> dict:
+    """{op value: (parts, bias)} (_Lowering.gemm_weights' layout) for every op with a
+    block-layout weight, each [rows, K] weight with the fraction `sparsity` of its (GROUP x 1)
+    groups zero. Layer by layer in program order, on the calibration inputs
+    (_calibration_inputs), with the dense network and the network pruned so far side by side:
+    the layer's inputs X in the pruned one give the Gram matrix H = [X; 1] [X; 1]^T (every
+    pixel, summed image by image), the groups of least OBS saliency go (prune.obs_scale,
+    group_mask) and the kept weights and the bias are refit by least squares to the dense
+    layer's output on its dense inputs (prune.reconstruct, damping `damp`), so that each layer
+    also absorbs some of the error of the pruned layers before it. Holds two activation arenas
+    per calibration input."""
     import tempfile
 
     from edgert.format import EdgeFile
-    from edgert.interpreter import Interpreter
+    from edgert.interpreter import Interpreter, _Step
 
     low = _Lowering(f, 0.0)
     program, _ = low.run()
     name = next(iter(program["inputs"]))
-    shape = program["inputs"][name]["shape"]
-    if calibration is None:
-        rng = np.random.default_rng(0)
-        calibration = [rng.standard_normal(shape).astype(np.float32) for _ in range(4)]
-    pre = preprocess_for(f.path, shape, preprocess_override)
-    folder = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(prefix=".edge-calib-", suffix=".edge", dir=folder)
+    xs = _calibration_inputs(f, program["inputs"][name]["shape"], calibration, preprocess_override)
+    fd, tmp = tempfile.mkstemp(prefix=".edge-calib-", suffix=".edge", dir=os.path.dirname(os.path.abspath(out)))
     os.close(fd)
     try:
         tensors = [(n, dt, s, (lambda a=a: a)) for n, dt, s, a in low.tensors]
         write_edge(tmp, {"kind": "cnn", "program": program}, tensors, force=True)
-        edge = EdgeFile(tmp)
-        st = Interpreter(program, edge)._step_for({})
-        sums = {}
-        for item in calibration:
-            if isinstance(item, (str, os.PathLike)):
-                from edgert.image import preprocess
+        interp = Interpreter(program, EdgeFile(tmp))
+        pairs = [(_Step(interp, {}), _Step(interp, {})) for _ in xs]  # (dense, pruned) per input
+        for x, steps in zip(xs, pairs):
+            for st in steps:
+                st.inputs[name][...] = x
+        ops = list(enumerate(program["ops"]))
+        if progress:
+            from tqdm import tqdm
 
-                if pre is None:
-                    raise EdgeError("calibration images need an image model ([N, 3, H, W] input)")
-                item = preprocess(item, pre)
-            st.inputs[name][...] = np.asarray(item, np.float32).reshape(shape)
-            for op, call in zip(program["ops"], st.calls):
-                if "vals" in op["w"]:  # a block-layout weight
-                    x = st.env[op["in"][0]].astype(np.float64)
-                    if op["op"] == "conv":  # [N, C, H, W] -> [C, N*H*W]
-                        x = x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 0, 2).reshape(x.shape[1], -1)
-                    else:  # [..., K] -> [K, rows]
-                        x = x.reshape(-1, x.shape[-1]).T
-                    s = sums.setdefault(op["out"][0], np.zeros(x.shape[0]))
-                    s += (x ** 2).mean(axis=1)
-                call()
-        del st, edge
+            ops = tqdm(ops, unit="op", desc=f"pruning {os.path.basename(f.path)}", leave=False)
+        result = {}
+        for k, op in ops:
+            if "vals" not in op["w"]:
+                for steps in pairs:
+                    for st in steps:
+                        st.calls[k]()
+                continue
+            v, src = op["out"][0], op["in"][0]
+            result[v] = _prune_layer(op, low.gemm_weights(v), pairs, k, program["values"][v], sparsity, damp)
+        del pairs, interp
     finally:
         os.remove(tmp)
-    n = len(calibration)
-    return {v: np.sqrt(s / n) for v, s in sums.items()}
+    return result
+
+
+def _prune_layer(op: dict, weights: tuple, pairs: list, k: int, shape: list, sparsity: float, damp: float):
+    """Prune and refit the weights (parts, bias) of block-layout op `op` (the k-th) as _prune
+    says, and run it: the dense steps of `pairs` with the dense weights, the pruned ones with
+    the new weights (written into their output value of shape `shape`). Returns the new
+    (parts, bias)."""
+    src, v = op["in"][0], op["out"][0]
+    grams = [(0.0, 0.0)] * len(weights[0])
+    for dense, pruned in pairs:
+        cd, cp = _layer_inputs(op, dense.env[src], shape), _layer_inputs(op, pruned.env[src], shape)
+        grams = [(h + a @ a.T, g + a @ b.T) for (h, g), a, b in zip(grams, cp, cd)]
+        dense.calls[k]()
+    parts, bias, r = [], [], 0
+    for w, (h, g) in zip(weights[0], grams):
+        keep = group_mask(w, sparsity, obs_scale(h, damp))
+        w, b = reconstruct(w, weights[1][r:r + len(w)], keep, h, g, damp)
+        parts.append(w)
+        bias.append(b)
+        r += len(w)
+    new = (parts, np.concatenate(bias))
+    for _, pruned in pairs:
+        _layer_output(op, _layer_inputs(op, pruned.env[src], shape), *new, pruned.env[v])
+    return new
 
 
 def convert_onnx(src: str, out: str, force: bool = False, prune: float = 0.0, labels: str | None = None,
                  preprocess: dict | None = None, progress: bool = True, calibration=None) -> dict:
     """Convert the ONNX model `src` to the .edge file `out`; returns a summary dict. With prune > 0,
-    `calibration` (image paths or input arrays; default: random inputs) weighs the pruning
-    scores by each input channel's RMS (see _calibrate)."""
+    `calibration` (image paths or input arrays; default: random inputs) are the inputs on
+    which the pruned layers are chosen and refit (see _prune); progress shows a bar then."""
     if not 0 <= prune < 1:
         raise EdgeError(f"--prune must be in [0, 1), got {prune}")
     f = Folded(src)
-    stats = _calibrate(f, out, calibration, preprocess) if prune > 0 else None
-    low = _Lowering(f, prune, stats)
+    pruned = _prune(f, out, prune, calibration, preprocess, progress) if prune > 0 else None
+    low = _Lowering(f, prune, pruned)
     program, out_names = low.run()
     in_names = list(program["inputs"])
     label_list = _labels_from(labels, f.metadata)

@@ -247,9 +247,11 @@ def parser() -> argparse.ArgumentParser:
                         "English text; reading and computing skip inactive FFN neurons (quality cost: "
                         "Qwen2.5-Coder-1.5B perplexity +6%% at 0.3, +33%% at 0.5)")
     p.add_argument("--prune", type=float, default=0.0, metavar="S",
-                   help="ONNX: zero this fraction (0..1) of each 1x1 conv's weight groups, smallest first")
+                   help="ONNX: zero this fraction (0..1) of the 4x1 weight groups of every 1x1/im2col conv and "
+                        "dense head, least salient first, and refit the rest on the calibration images")
     p.add_argument("--calibrate", nargs="+", metavar="IMAGE",
-                   help="ONNX with --prune: images whose activations weigh the pruning (default: random inputs)")
+                   help="ONNX with --prune: images whose activations choose the groups and refit the weights "
+                        "(default: random inputs)")
     p.add_argument("--labels", help="ONNX: class names, one per line (else the model's metadata, if any)")
     p.add_argument("--mean", type=_floats, help="ONNX: input mean per channel on the 0..255 scale, e.g. 127,127,127")
     p.add_argument("--std", type=_floats, help="ONNX: input std per channel on the 0..255 scale, e.g. 128,128,128")
