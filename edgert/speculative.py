@@ -209,8 +209,11 @@ class ModelDrafter(Drafter):
     pipeline (greedy only): while the target verifies a tree, a worker thread (one compute
     thread of its own) keeps extending the draft's greedy chain past the spine, as if the
     whole spine and the draft's own next choice will be accepted. When they are, the next
-    spine is already drafted; otherwise the extra tokens are dropped. Pays when a core is free
-    beside the target's threads, and most when the target waits on storage."""
+    spine is already drafted; otherwise the extra tokens are dropped. On steps where the planner
+    decodes plainly, the worker keeps the draft in step with the accepted tokens instead (and one
+    guessed token ahead), so a later probe pays no catch-up, which the planner would count as
+    drafting cost and then keep declining. Pays
+    when a core is free beside the target's threads, and most when the target waits on storage."""
 
     def __init__(self, model, width: int = 3, depth: int = 8, budget: int = 16, min_p: float = 0.05,
                  branch_p: float = 0.8, threshold: float = 0.3, pipeline: bool = False):
@@ -262,16 +265,13 @@ class ModelDrafter(Drafter):
         self.spine_len = 0
         k = min(self.planner.spine(), self.cache.capacity - len(history))
         if k <= 0:
+            if self._worker is not None and sampler.temperature == 0 and len(history) < self.cache.capacity:
+                # plain decoding this step: keep the draft in step on the free core meanwhile, so
+                # that the next probe finds it current (its cost is not a drafted token's)
+                self._ahead = self._worker.submit(self._follow, list(history))
             return tree
-        common = 0
-        limit = min(len(self.seen), len(history))
-        while common < limit and self.seen[common] == history[common]:
-            common += 1
         pos = len(history) - 1  # self.tops[pos]: the draft's candidates after the pending token
-        if common < len(history) or pos not in self.tops:
-            self._rewind(min(common, pos))
-            self._feed(history[len(self.seen):], sampler)
-        else:  # a lookahead got there already
+        if self._sync(history, sampler):
             self.ahead_hits += 1
         node, conf = 0, 1.0
         branch = sampler.temperature == 0 and self.width > 1 and self.planner.branching()
@@ -302,6 +302,27 @@ class ModelDrafter(Drafter):
             self._stop.clear()
             self._ahead = self._worker.submit(self._lookahead, tree.path(node), len(history), k)
         return tree
+
+    def _sync(self, history: list[int], sampler: Sampler) -> bool:
+        """Bring the draft to history (its cache holds all but the pending last token, and
+        self.tops its candidates after that token); True if it was there already."""
+        common = 0
+        limit = min(len(self.seen), len(history))
+        while common < limit and self.seen[common] == history[common]:
+            common += 1
+        pos = len(history) - 1
+        if common == len(history) and pos in self.tops:
+            return True
+        self._rewind(min(common, pos))
+        self._feed(history[len(self.seen):], sampler)
+        return False
+
+    def _follow(self, history: list[int]) -> None:
+        """Worker thread, on a plain decoding step: bring the draft to history and feed its own
+        next choice (the target's likely next token), so that the next step finds it current."""
+        self._sync(history, Sampler(0.0))
+        if len(self.seen) < self.cache.capacity:
+            self._feed([int(self.tops[len(self.seen) - 1][0][0])], Sampler(0.0))
 
     def _lookahead(self, spine: list[int], n_history: int, k: int) -> None:
         """Worker thread: feed the spine's unfed tail and the draft's own next choice (the

@@ -12,6 +12,10 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS / "data"
+# `python -m pytest` puts the working directory, the repo root, first on sys.path; there our
+# kernels/ folder (installed as edgert.kernels) would shadow the `kernels` package that
+# transformers imports (its hub kernels). edgert itself is found through its install.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != TESTS.parent]
 FETCH_MODELS = TESTS.parent.parent / "shared" / "models" / "fetch_models.py"
 
 

@@ -78,6 +78,23 @@ def test_greedy_is_lossless_tiny(tiny, draft, pipeline, width, depth):
         assert (st["lookahead_hits"] > 0) == pipeline
 
 
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_draft_kept_in_step_while_the_planner_declines(tiny, monkeypatch, pipeline):
+    """Plain decoding with a 1-token probe every 4th step: a pipelined draft follows the
+    accepted tokens on its worker meanwhile, so every probe finds it current (a lookahead hit)
+    and pays no catch-up; drafting inline, each probe catches up (no hits). Lossless either way."""
+    target = edgert.load(tiny["target"], threads=1)
+    spec = edgert.load(tiny["target"], threads=1, pipeline=pipeline, draft=tiny["target"], tree_width=1,
+                       tree_depth=4)
+    plans, probes = iter([0, 0, 0, 1] * 100), []
+    monkeypatch.setattr(spec.drafter.planner, "spine", lambda: probes.append(1) or next(plans))
+    ids = np.arange(5)
+    assert _greedy(spec, ids, 40) == _greedy(target, ids, 40)
+    n_probes = len(probes) // 4
+    assert n_probes >= 5
+    assert spec.stats["lookahead_hits"] == (n_probes if pipeline else 0)
+
+
 def test_context_end(tiny):
     """Near the end of the context the tree shrinks and generation stops cleanly."""
     spec = edgert.load(tiny["target"], threads=1, context=40, draft=tiny["target"], tree_width=2, tree_depth=6)
