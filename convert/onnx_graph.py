@@ -738,7 +738,7 @@ def _prune(f: Folded, out: str, sparsity: float, calibration, preprocess_overrid
                     for st in steps:
                         st.calls[k]()
                 continue
-            v, src = op["out"][0], op["in"][0]
+            v = op["out"][0]
             result[v] = _prune_layer(op, low.gemm_weights(v), pairs, k, program["values"][v], sparsity, damp)
         del pairs, interp
     finally:
@@ -752,10 +752,11 @@ def _prune_layer(op: dict, weights: tuple, pairs: list, k: int, shape: list, spa
     the new weights (written into their output value of shape `shape`). Returns the new
     (parts, bias)."""
     src, v = op["in"][0], op["out"][0]
-    grams = [(0.0, 0.0)] * len(weights[0])
+    grams, inputs = [(0.0, 0.0)] * len(weights[0]), []
     for dense, pruned in pairs:
         cd, cp = _layer_inputs(op, dense.env[src], shape), _layer_inputs(op, pruned.env[src], shape)
         grams = [(h + a @ a.T, g + a @ b.T) for (h, g), a, b in zip(grams, cp, cd)]
+        inputs.append(cp)  # reused below for the pruned layer's output
         dense.calls[k]()
     parts, bias, r = [], [], 0
     for w, (h, g) in zip(weights[0], grams):
@@ -765,8 +766,8 @@ def _prune_layer(op: dict, weights: tuple, pairs: list, k: int, shape: list, spa
         bias.append(b)
         r += len(w)
     new = (parts, np.concatenate(bias))
-    for _, pruned in pairs:
-        _layer_output(op, _layer_inputs(op, pruned.env[src], shape), *new, pruned.env[v])
+    for (_, pruned), cp in zip(pairs, inputs):
+        _layer_output(op, cp, *new, pruned.env[v])
     return new
 
 

@@ -212,8 +212,8 @@ class ModelDrafter(Drafter):
     spine is already drafted; otherwise the extra tokens are dropped. On steps where the planner
     decodes plainly, the worker keeps the draft in step with the accepted tokens instead (and one
     guessed token ahead), so a later probe pays no catch-up, which the planner would count as
-    drafting cost and then keep declining. Pays
-    when a core is free beside the target's threads, and most when the target waits on storage."""
+    drafting cost and then keep declining. Pays when a core is free beside the target's
+    threads, and most when the target waits on storage."""
 
     def __init__(self, model, width: int = 3, depth: int = 8, budget: int = 16, min_p: float = 0.05,
                  branch_p: float = 0.8, threshold: float = 0.3, pipeline: bool = False):

@@ -152,6 +152,16 @@ def _abs(builder, w):
     return builder.select(builder.icmp_signed("<", w, zero), builder.sub(zero, w), w)
 
 
+def _prefetch(builder, qs_p, off, nbytes):
+    """Prefetch the weight codes at qs_p[off + PREFETCH : + nbytes], one cache line at a time
+    (off: i64 byte offset of the blocks about to be read)."""
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
+    for k in range(0, nbytes, 64):
+        a = builder.gep(qs_p, [builder.add(off, ir.Constant(_I64, PREFETCH + k))])
+        builder.call(fn, [a, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
+
 def _hsum8(builder, v):
     """<8 x float> -> float, pairwise."""
     for width in (4, 2, 1):
@@ -208,8 +218,6 @@ def _dot_tile(typingctx, T, route, qs, d, c, cs, xq, xd, xs, out, r, t0):
         accs = [cgutils.alloca_once_value(builder, zero) for _ in range(nt)]
         offs = [cgutils.alloca_once_value(builder, zero) for _ in range(nt)]
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f8, [f8, f8, f8]), "llvm.fmuladd.v8f32")
-        prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
         step = 16 if nibbles else 32  # bytes of one block's codes
 
         def i64(v):
@@ -268,9 +276,7 @@ def _dot_tile(typingctx, T, route, qs, d, c, cs, xq, xd, xs, out, r, t0):
             """8 blocks from b0: per token the 4 pairs' sums fold into one int32 lane per block,
             in _PAIR_LANES order, then one conversion and one fma."""
             base = builder.add(row, b0)
-            for k in range(0, 8 * step, 64):  # the codes PREFETCH bytes ahead, one cache line each
-                a = builder.gep(qs_p, [builder.add(builder.mul(base, i64(step)), i64(PREFETCH + k))])
-                builder.call(prefetch, [a, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+            _prefetch(builder, qs_p, builder.mul(base, i64(step)), 8 * step)
             scales = scale_vectors(b0, None)
             ws = [weights(builder.add(b0, i64(2 * p)), 32) for p in range(4)]
             for t, acc, sc in zip(toks, accs, scales):
@@ -394,14 +400,10 @@ def _codegen_i16(nt, rt, nibbles):
                 builder.store(builder.call(fma, [builder.sitofp(s, f8), scale, builder.load(acc)]), acc)
 
         groups = builder.udiv(nb, ir.Constant(_I64, 8))  # 8 blocks' scales widened as one vector
-        prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
         with cgutils.for_range(builder, groups) as loop:
             b0 = builder.mul(loop.index, ir.Constant(_I64, 8))
-            base = builder.mul(builder.add(builder.mul(r, nb), b0), ir.Constant(_I64, stride))
-            for k in range(0, 8 * stride, 64):
-                a = builder.gep(qs_p, [builder.add(base, ir.Constant(_I64, PREFETCH + k))])
-                builder.call(prefetch, [a, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+            _prefetch(builder, qs_p, builder.mul(builder.add(builder.mul(r, nb), b0), ir.Constant(_I64, stride)),
+                      8 * stride)
             dv = _f16_ir(builder, _vload(builder, d_p, builder.add(builder.mul(r, nb), b0), 8, _I16), rt)
             sc = [builder.fmul(dv, _vload(builder, xd_p, builder.add(builder.mul(t, nb), b0), 8, _F32)) for t in toks]
             if nibbles:
