@@ -58,6 +58,8 @@ class Model:
         try:
             self.config = h["config"]
             self.tokenizer = Tokenizer.from_dict(h["tokenizer"])
+            # it holds the vocabulary compactly; the header's lists of token and merge strings go
+            h["tokenizer"] = {k: v for k, v in h["tokenizer"].items() if k not in ("tokens", "merges")}
             program = h["program"]
         except (KeyError, TypeError, ValueError) as e:
             raise EdgeError(f"{self.path} is corrupt: bad model header ({e!r})") from None

@@ -424,11 +424,10 @@ class LookupDrafter(Drafter):
 
 def check_pair(target, draft) -> None:
     """Refuse a draft model whose tokenizer differs from the target's."""
-    a, b = target.edge.header.get("tokenizer", {}), draft.edge.header.get("tokenizer", {})
-    if a.get("tokens") != b.get("tokens") or a.get("merges") != b.get("merges"):
+    a, b = target.tokenizer, draft.tokenizer
+    if a.digest != b.digest:
         raise EdgeError(f"draft model {draft.path} does not share the target's tokenizer "
-                        f"({len(b.get('tokens', []))} vs {len(a.get('tokens', []))} tokens): "
-                        "speculative decoding needs the same vocabulary")
+                        f"({b.vocab_size} vs {a.vocab_size} tokens): speculative decoding needs the same vocabulary")
 
 
 def generate_tokens(target, drafter, ids: np.ndarray, max_tokens: int, sampler: Sampler, eot, stats: dict):

@@ -16,10 +16,14 @@ newer than Python's Unicode database count as "other" (transformers' Oniguruma m
 """
 from __future__ import annotations
 
+import bisect
 import codecs
+import hashlib
 import heapq
 import re
 import unicodedata
+
+import numpy as np
 
 from .errors import EdgeError
 
@@ -54,9 +58,9 @@ def _byte_chars() -> tuple[str, ...]:
 
 
 BYTE_CHARS = _byte_chars()
-_CHAR_TO_LATIN1 = {ord(c): chr(b) for b, c in enumerate(BYTE_CHARS)}  # str.translate: spelling -> latin-1
-_LATIN1_TO_CHAR = {b: c for b, c in enumerate(BYTE_CHARS)}  # and back
-_NOT_SPELLED = re.compile(f"[^{re.escape(''.join(BYTE_CHARS))}]")
+_BYTE_ALPHABET = "".join(BYTE_CHARS)  # codecs.charmap_decode table: bytes -> byte-level spelling
+_BYTE_MAP = codecs.charmap_build(_BYTE_ALPHABET)  # and codecs.charmap_encode's, back to bytes
+_NOT_SPELLED = re.compile(f"[^{re.escape(_BYTE_ALPHABET)}]")
 
 
 class _StandIns(dict):
@@ -115,42 +119,91 @@ def tokenizer_dict_from_gguf(fields: dict) -> dict:
 
 
 class Tokenizer:
-    """Byte-level BPE: encode(str) -> list[int] token ids, decode(list[int]) -> str."""
+    """Byte-level BPE: encode(str) -> list[int] token ids, decode(list[int]) -> str.
+
+    Held compactly (about 5 MB for a 150k vocabulary), all NumPy arrays behind memoryviews:
+    the tokens' bytes as one blob with int64 offsets [vocab + 1], and the merges as a table
+    over token ids sorted by (left, right) -- per left id a row range (first[left] ..
+    first[left + 1]) of right ids, ranks and merged ids, all int32. Merge parts and results
+    that are no token get ids from vocab_size up: BPE runs on ids, and such an id left in its
+    output raises EdgeError."""
 
     def __init__(self, d: dict):
         try:
             if d["model"] != "gpt2" or d["pre"] not in PRE_TOKENIZERS:
                 raise EdgeError(f"tokenizer {d['model']!r} / pre-tokenizer {d['pre']!r} is not supported")
-            self._tokens = list(d["tokens"])
-            merges, control, user = d["merges"], d["control_ids"], d["user_defined_ids"]
+            tokens, merges, control, user = d["tokens"], d["merges"], d["control_ids"], d["user_defined_ids"]
             self.bos_id, self.eos_id, self.add_bos = d["bos_id"], d["eos_id"], bool(d["add_bos"])
             named = [d[k] for k in ("bos_id", "eos_id", "unk_id", "pad_id") if d[k] is not None]
         except KeyError as e:
             raise EdgeError(f"tokenizer data lacks {e}") from None
-        self.vocab_size = n = len(self._tokens)
+        self.vocab_size = n = len(tokens)
         if any(not 0 <= i < n for i in (*control, *user, *named)):
             raise EdgeError(f"tokenizer data names a token id outside the vocabulary of {n}")
         self._rx = re.compile(PRE_TOKENIZERS[d["pre"]], re.ASCII)
         # transformers keys its vocabulary by the byte-level spelling: a token with other characters
         # is respelled from its UTF-8 bytes; on duplicate spellings the later id wins.
-        self._spell = self._tokens
-        if _NOT_SPELLED.search("".join(self._tokens)):
-            self._spell = [t if not _NOT_SPELLED.search(t) else "".join(BYTE_CHARS[b] for b in t.encode())
-                           for t in self._tokens]
-        self._vocab = vocab = {t: i for i, t in enumerate(self._spell)}
-        self._unknown_chars = frozenset(c for c in BYTE_CHARS if c not in vocab)  # dropped, as transformers does
-        self._ranks = {m: rank for rank, m in enumerate(merges)}  # "left right" (byte-level spellings) -> rank
+        respelled, spell, joined = np.zeros(n, bool), tokens, "".join(tokens)
+        if _NOT_SPELLED.search(joined):
+            respelled[:] = [bool(_NOT_SPELLED.search(t)) for t in tokens]
+            spell = [t if not r else "".join(BYTE_CHARS[b] for b in t.encode()) for t, r in zip(tokens, respelled)]
+            joined = "".join(spell)
+        self._respelled = memoryview(respelled)
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, spell), np.int64, n), out=offsets[1:])
+        self._offsets = memoryview(offsets)
+        self._blob = codecs.charmap_encode(joined, "strict", _BYTE_MAP)[0]  # the tokens' bytes
+        vocab = {t: i for i, t in enumerate(spell)}
+        self._byte_ids = tuple(vocab.get(c, -1) for c in BYTE_CHARS)  # -1: no token, dropped as transformers does
+        self._drops_bytes = -1 in self._byte_ids
+        self._merge_table(merges, vocab)
         # Matched whole in text, as transformers' added tokens: control tokens spelled in the byte
         # alphabet and the named bos/eos/unk/pad are special; user-defined ones are not.
-        self._special = frozenset(i for i in control if not _NOT_SPELLED.search(self._tokens[i])) | set(named)
-        added = {self._tokens[i]: i for i in sorted(self._special)}
-        plain = {self._tokens[i]: i for i in user if self._tokens[i] in vocab}
+        self._special = frozenset(i for i in control if not _NOT_SPELLED.search(tokens[i])) | set(named)
+        added = {tokens[i]: i for i in sorted(self._special)}
+        plain = {tokens[i]: i for i in user if tokens[i] in vocab}
         self._added = {**added, **plain}
         self._split_all = self._splitter(self._added)
         self._split_plain = self._splitter(plain)
         self.eot_ids = frozenset([self.eos_id] if self.eos_id is not None else []) | {
             added[t] for t in EOT_NAMES if t in added}
         self._cache: dict[str, list[int]] = {}
+
+    def _merge_table(self, merges, vocab: dict) -> None:
+        """Resolve merges "left right" (byte-level spellings) to ids: self._first, _right, _rank,
+        _merged (see the class docstring); _extra {id: spelling} for the ids beyond the vocabulary.
+        A pair listed twice keeps its later rank."""
+        def ids(get=vocab.get):
+            for m in merges:
+                a, _, b = str.partition(m, " ")  # TypeError for a merge that is no str, as for tokens
+                yield get(a, -1)
+                yield get(b, -1)
+                yield get(a + b, -1)
+        table = np.fromiter(ids(), np.int64, 3 * len(merges)).reshape(-1, 3)  # left, right, merged id per rank
+        extra: dict[str, int] = {}
+        for r in np.flatnonzero((table < 0).any(axis=1)):  # parts that are no token: rare
+            a, _, b = merges[r].partition(" ")
+            if a and b and " " not in b:  # anything else never matches two symbols
+                table[r] = [vocab[t] if t in vocab else extra.setdefault(t, self.vocab_size + len(extra))
+                            for t in (a, b, a + b)]
+        ranks = np.flatnonzero((table >= 0).all(axis=1))
+        n = self.vocab_size + len(extra)
+        keys = table[ranks, 0] * n + table[ranks, 1]
+        order = np.argsort(keys, kind="stable")  # by (left, right), a repeated pair by rank
+        last = np.ones(len(order), bool)
+        last[:-1] = keys[order[1:]] != keys[order[:-1]]
+        ranks = ranks[order[last]]
+        self._extra = {i: t for t, i in extra.items()}
+        self._first, self._right, self._merged, self._rank = (memoryview(a.astype(np.int32)) for a in (
+            np.searchsorted(table[ranks, 0], np.arange(n + 1)), table[ranks, 1], table[ranks, 2], ranks))
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the tokens and merges: equal digests, the same vocabulary and BPE."""
+        h = hashlib.sha256()
+        for part in (self._blob, self._offsets, self._respelled, self._first, self._right, self._rank, self._merged):
+            h.update(part)
+        return h.hexdigest()
 
     @classmethod
     def from_dict(cls, d: dict) -> Tokenizer:
@@ -165,7 +218,8 @@ class Tokenizer:
 
     def token_text(self, token_id: int) -> str:
         """The token as the GGUF spells it (byte-level characters, e.g. 'Ġthe'; '<|im_end|>')."""
-        return self._tokens[token_id]
+        b = self._blob[self._offsets[token_id]:self._offsets[token_id + 1]]
+        return b.decode() if self._respelled[token_id] else codecs.charmap_decode(b, "strict", _BYTE_ALPHABET)[0]
 
     def is_special(self, token_id: int) -> bool:
         """True for control tokens and the named bos/eos/unk/pad (those decode(skip_special) drops)."""
@@ -200,46 +254,48 @@ class Tokenizer:
         return out
 
     def _bpe(self, piece: str) -> list[int]:
-        """BPE of one pre-token: a heap of candidate merges, lowest (rank, position) first."""
+        """BPE of one pre-token on ids: a heap of candidate merges, lowest (rank, position) first."""
         try:
-            syms = list(piece.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_CHAR))
+            syms = list(map(self._byte_ids.__getitem__, piece.encode("utf-8")))
         except UnicodeEncodeError as e:
             raise EdgeError(f"text is not valid Unicode ({e.reason}: {piece[e.start:e.end]!r})") from None
-        if self._unknown_chars:
-            syms = [c for c in syms if c not in self._unknown_chars]
-        n, ranks = len(syms), self._ranks
-        heap = [(r, i) for i in range(n - 1) if (r := ranks.get(f"{syms[i]} {syms[i + 1]}")) is not None]
-        heapq.heapify(heap)
+        if self._drops_bytes:
+            syms = [s for s in syms if s >= 0]
+        n, first, right, rank, merged = len(syms), self._first, self._right, self._rank, self._merged
         nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
-        while heap:
-            rank, i = heapq.heappop(heap)
-            j = nxt[i]
-            # Stale if a neighbour merged since this was pushed (then the pair, so its rank, differs).
-            if not syms[i] or j >= n or ranks.get(f"{syms[i]} {syms[j]}") != rank:
-                continue
-            syms[i] += syms[j]
-            syms[j] = ""
-            k = nxt[i] = nxt[j]
-            if k < n:
-                prv[k] = i
-                if (r := ranks.get(f"{syms[i]} {syms[k]}")) is not None:
-                    heapq.heappush(heap, (r, i))
+        heap, new = [], range(n - 1)  # new: positions i whose pair (i, nxt[i]) is to look up
+        while True:
+            for i in new:  # the merge table row of (a, b): b's place in a's row range, if it is there
+                a, b = syms[i], syms[nxt[i]]
+                hi = first[a + 1]
+                k = bisect.bisect_left(right, b, first[a], hi)
+                if k < hi and right[k] == b:
+                    heapq.heappush(heap, (rank[k], i, a, k))
+            while heap:  # stale if a neighbour merged since the pair was pushed (it is another then)
+                _, i, a, k = heapq.heappop(heap)
+                j = nxt[i]
+                if syms[i] == a and j < n and syms[j] == right[k]:
+                    break
+            else:
+                break
+            syms[i], syms[j] = merged[k], -1
+            q = nxt[i] = nxt[j]
+            if q < n:
+                prv[q] = i
             p = prv[i]
-            if p >= 0 and (r := ranks.get(f"{syms[p]} {syms[i]}")) is not None:
-                heapq.heappush(heap, (r, p))
-        try:
-            return [self._vocab[s] for s in syms if s]
-        except KeyError as e:
-            raise EdgeError(f"tokenizer merges make {e.args[0]!r}, which is not in the vocabulary") from None
+            new = ((p,) if p >= 0 else ()) + ((i,) if q < n else ())
+        out = [s for s in syms if s >= 0]
+        if self._extra and (beyond := [s for s in out if s >= self.vocab_size]):
+            raise EdgeError(f"tokenizer merges make {self._extra[beyond[0]]!r}, which is not in the vocabulary")
+        return out
 
     def _bytes(self, ids, skip_special: bool = False) -> bytes:
         ids = [int(i) for i in ids]
         if ids and not 0 <= min(ids) <= max(ids) < self.vocab_size:
             raise EdgeError(f"token id {min(ids) if min(ids) < 0 else max(ids)} is outside the vocabulary "
                             f"of {self.vocab_size}")
-        spell = self._spell
-        text = "".join(spell[i] for i in ids if not (skip_special and i in self._special))
-        return text.translate(_CHAR_TO_LATIN1).encode("latin-1")
+        blob, off = self._blob, self._offsets
+        return b"".join([blob[off[i]:off[i + 1]] for i in ids if not (skip_special and i in self._special)])
 
     def decode(self, ids, skip_special: bool = False) -> str:
         """Text of token ids; bytes that are not valid UTF-8 become U+FFFD."""

@@ -4,16 +4,19 @@ Fast tests: a hand-checked toy vocabulary; a byte-level BPE that `tokenizers` tr
 corpus below (merging across spaces, digits and newlines, so every pre-tokenizer boundary shows
 in the ids), encoded by both for every supported pre-tokenizer; our character classes against
 Oniguruma's \\p{L}, \\p{N} and \\s on every code point Python's Unicode database knows.
-Slow tests: the real GGUFs against the tokenizer transformers builds from them.
+Slow tests: the real GGUFs against the tokenizer transformers builds from them, and the memory
+Qwen2.5's vocabulary takes once built.
 """
 import json
 import re
+import tracemalloc
 import unicodedata
 
 import pytest
 
 from edgert.errors import EdgeError
 from edgert.tokenizer import BYTE_CHARS, PRE_TOKENIZERS, Tokenizer, _StandIns, tokenizer_dict_from_gguf
+from tiny_llm import make_tiny_llm, tokenizer_dict as tiny_tokenizer_dict
 
 CORPUS = {
     "english": "The quick brown fox jumps over the lazy dog. It was a bright, cold day in April.",
@@ -155,6 +158,47 @@ def test_bad_tokenizer_data_raises_edge_error(toy):
         toy.decode([268])
     with pytest.raises(EdgeError, match="not valid Unicode"):
         toy.encode("a\udc80")
+
+
+def test_digest_names_tokens_and_merges():
+    """Speculative decoding compares digests: equal for the same tokens and merges whatever else
+    differs, changed by one token or one merge."""
+    def digest(tokens=TOY_EXTRA, merges=TOY_MERGES, pre="gpt2"):
+        fields = _fields(list(BYTE_CHARS) + tokens, merges, [1] * (256 + len(tokens)), pre)
+        return Tokenizer.from_dict(tokenizer_dict_from_gguf(fields)).digest
+
+    assert digest() == digest(pre="qwen2") == _toy("gpt2").digest
+    assert len({digest(), digest(merges=TOY_MERGES[:-1]), digest(merges=TOY_MERGES[::-1]),
+                digest(tokens=[*TOY_EXTRA[:-1], "Å¿u"])}) == 4
+
+
+def test_merges_out_of_rank_order_match_hf_tokenizers():
+    """Lowest (rank, position) first, one merge at a time: "ab a" ranks before "a b", so after the
+    first "a b" merges, "ab a" goes before the second "a b" (merging every "a b" first would give
+    "ab ab"). A merge whose part is no token never applies."""
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+
+    tokens = list(BYTE_CHARS) + ["ab", "aba", "ba"]
+    merges = ["ab a", "q yz", "a b", "b a"]
+    hf = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)},
+                                merges=[tuple(m.split(" ")) for m in merges if "yz" not in m]))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    ours = Tokenizer.from_dict(tokenizer_dict_from_gguf(_fields(tokens, merges, [1] * len(tokens), "gpt2")))
+    for text in ["abab", "ababa", "baba", "aabba", "abba ab aba", "qyz"]:
+        assert ours.encode(text) == hf.encode(text, add_special_tokens=False).ids, text
+    assert ours.encode("abab") == [257, ord("b")]
+
+
+def test_loaded_model_lets_the_token_strings_go(tmp_path):
+    """The header's token and merge lists (151k strings each for Qwen2.5) are not kept once the
+    tokenizer is built; the rest of the tokenizer entry stays."""
+    import edgert
+
+    m = edgert.load(make_tiny_llm(tmp_path / "tiny.edge", 0))
+    assert set(m.edge.header["tokenizer"]) == set(tiny_tokenizer_dict(96)) - {"tokens", "merges"}
+    assert m.tokenizer.decode(m.tokenizer.encode("HI THERE, 42")) == "HI THERE, 42"  # the bytes below 96
 
 
 # --- against a byte-level BPE trained here by `tokenizers` -----------------------------------
@@ -345,3 +389,19 @@ def test_smollm2_plain_transformers_differs_only_before_digits(smollm2_gguf):
     assert {case for case, text in CORPUS.items() if differ(text)} <= {
         case for case, text in CORPUS.items() if space_before_number(text)}
     assert differ("x  1") and differ(" ½") and not differ("x 1")
+
+
+@pytest.mark.slow
+def test_qwen_tokenizer_holds_under_10_mb(qwen05_gguf):
+    """All a built tokenizer keeps for Qwen2.5's 151k tokens and merges (tracemalloc sees NumPy's
+    buffers too), the input lists aside: the header drops them once the model is loaded."""
+    d = json.loads(json.dumps(tokenizer_dict_from_gguf(_gguf_tokenizer_fields(qwen05_gguf))))
+    assert len(d["tokens"]) > 150_000 and len(d["merges"]) > 150_000
+    tracemalloc.start()
+    try:
+        tok = Tokenizer.from_dict(d)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 10e6, f"{held / 1e6:.1f} MB"
+    assert tok.decode(tok.encode("Hello, world")) == "Hello, world"
