@@ -65,6 +65,10 @@ def run_mode(mode: str, args) -> list[dict]:
     kw = {"threads": args.threads, "activations": args.activations, **budget}
     if mode != "target":
         kw.update(MODES[mode](edge_path(args.draft, gguf_path(args.draft))))
+        if args.tree_depth and mode != "lookup":
+            kw["tree_depth"] = args.tree_depth
+        if args.tree_width and mode.startswith("tree"):
+            kw["tree_width"] = args.tree_width
     if kw["threads"] is None:  # all cores
         kw["threads"] = os.cpu_count()
     m = edgert.load(target_path, **kw)
@@ -86,6 +90,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=len(PROMPTS))
     ap.add_argument("--modes", nargs="+", default=["tree", "linear", "lookup"], choices=list(MODES))
     ap.add_argument("--memory-budget", default=None, help="stream the target's weights within this budget")
+    ap.add_argument("--tree-depth", type=int, help="draft depth of the model-drafter modes (default 8)")
+    ap.add_argument("--tree-width", type=int, help="branching of the tree modes (default 3)")
     ap.add_argument("--activations", choices=["int16", "int8"], default="int16",
                     help="activation precision (both models)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -100,7 +106,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", mode] + [
             a for k, v in (("--target", args.target), ("--draft", args.draft), ("--threads", args.threads),
                            ("--max-tokens", args.max_tokens), ("--prompts", args.prompts),
-                           ("--memory-budget", args.memory_budget), ("--activations", args.activations))
+                           ("--memory-budget", args.memory_budget), ("--activations", args.activations),
+                           ("--tree-depth", args.tree_depth), ("--tree-width", args.tree_width))
             if v is not None for a in (k, str(v))]
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         runs[mode] = json.loads(out.strip().splitlines()[-1])
@@ -124,6 +131,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "speculative", "target": args.target, "draft": args.draft,
                       "threads": args.threads, "max_tokens": args.max_tokens, "prompts": args.prompts,
                       "memory_budget": args.memory_budget, "activations": args.activations,
+                      "tree_depth": args.tree_depth, "tree_width": args.tree_width,
                       "load_avg": os.getloadavg(), "results": results},
                      indent=2))
 
