@@ -710,7 +710,7 @@ def _prune(f: Folded, out: str, sparsity: float, calibration, preprocess_overrid
     import tempfile
 
     from edgert.format import EdgeFile
-    from edgert.interpreter import Interpreter, _Step
+    from edgert.interpreter import Interpreter
 
     low = _Lowering(f, 0.0)
     program, _ = low.run()
@@ -722,7 +722,7 @@ def _prune(f: Folded, out: str, sparsity: float, calibration, preprocess_overrid
         tensors = [(n, dt, s, (lambda a=a: a)) for n, dt, s, a in low.tensors]
         write_edge(tmp, {"kind": "cnn", "program": program}, tensors, force=True)
         interp = Interpreter(program, EdgeFile(tmp))
-        pairs = [(_Step(interp, {}), _Step(interp, {})) for _ in xs]  # (dense, pruned) per input
+        pairs = [(interp.new_step({}), interp.new_step({})) for _ in xs]  # (dense, pruned) per input
         for x, steps in zip(xs, pairs):
             for st in steps:
                 st.inputs[name][...] = x

@@ -161,8 +161,13 @@ class Interpreter:
         if st is None:
             if len(self._steps) >= 4:
                 self._steps.pop(next(iter(self._steps)))
-            st = self._steps[key] = _Step(self, dims)
+            st = self._steps[key] = self.new_step(dims)
         return st
+
+    def new_step(self, dims: dict) -> "_Step":
+        """A step for these dims with an arena of its own, not kept by the interpreter: its
+        inputs (st.inputs), values (st.env) and bound op calls (st.calls, in program order)."""
+        return _Step(self, dims)
 
     def bind(self, op: dict, st: _Step):
         """Resolve op to a zero-argument callable over the step's buffers."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import codecs
+import functools
 import hashlib
 import heapq
 import re
@@ -197,7 +198,7 @@ class Tokenizer:
         self._first, self._right, self._merged, self._rank = (memoryview(a.astype(np.int32)) for a in (
             np.searchsorted(table[ranks, 0], np.arange(n + 1)), table[ranks, 1], table[ranks, 2], ranks))
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """SHA-256 (hex) of the tokens and merges: equal digests, the same vocabulary and BPE."""
         h = hashlib.sha256()

@@ -197,8 +197,8 @@ def _dot_tile(typingctx, T, route, qs, d, c, cs, xq, xd, xs, out, r, t0):
     (module docstring); xd, xs f32 [n, B]; out f32 [n, N]; all C-contiguous.
     Blocks go in groups of 8 (the last 1-7 pair by pair, then an odd one on 16-byte vectors;
     their scales through masked loads, which made K = 576 rows 1.5x faster than lane-by-lane
-    loads): the scales of a group are widened and multiplied as one vector, and each pair of blocks is unpacked
-    once per call and used for all T tokens. Every token is summed in the same order whatever
+    loads): the scales of a group are widened and multiplied as one vector, and each pair of
+    blocks is unpacked once per call and used for all T tokens. Every token is summed in the same order whatever
     T, so a token's output does not depend on how many tokens share the call (verifying a token
     tree = decoding its paths).
     route: PORTABLE or X86_AVX2 (literal). Measured here: tiles of several rows per call ran
