@@ -159,8 +159,8 @@ class Interpreter:
         key = tuple(sorted(dims.items()))
         st = self._steps.get(key)
         if st is None:
-            if len(self._steps) >= 4:
-                self._steps.pop(next(iter(self._steps)))
+            if len(self._steps) >= 4:  # its bound calls refer back to it: break the cycle, so
+                self._steps.pop(next(iter(self._steps))).calls = []  # its arena goes now, not at a GC pass
             st = self._steps[key] = self.new_step(dims)
         return st
 
