@@ -78,6 +78,11 @@ def weight_order(program: dict, skip=()) -> list:
     return list(seen)
 
 
+def rows_only(program: dict) -> set:
+    """Names of the tensors only embedding lookups read: a step touches just its tokens' rows."""
+    return {op["w"]["weight"] for op in program["ops"] if op["op"] == "embed"} - set(weight_order(program, skip=("embed",)))
+
+
 def row_bytes(t: dict) -> int:
     """Bytes of one row over all parts of a 2-D tensor (the unit a stream may split at)."""
     return sum(dt.itemsize * int(math.prod(shape[1:])) for _, dt, shape, _ in tensor_parts(t["dtype"], t["shape"]))
@@ -101,6 +106,14 @@ def kv_bytes(cfg: dict, context: int) -> int:
     return 2 * cfg["n_layers"] * cfg["n_kv_head"] * cfg["head_dim"] * 4 * context
 
 
+def budget_context(cfgs: list, budget: int) -> int:
+    """Default context under a budget: the largest of CONTEXTS whose KV caches, over the models
+    of `cfgs` (a target and its draft model, which share the context), take at most 15% of
+    the budget; capped at the first model's context length."""
+    context = next((c for c in CONTEXTS if sum(kv_bytes(cfg, c) for cfg in cfgs) <= 0.15 * budget), CONTEXTS[-1])
+    return min(context, int(cfgs[0]["context_length"]))
+
+
 def _chunk(program: dict, allowance: int, rows_all: bool) -> int:
     """Largest power-of-two chunk (<= 256 tokens) whose STEPS_KEPT arenas fit the allowance."""
     for n in (256, 128, 64, 32, 16, 8, 4, 2, 1):
@@ -113,13 +126,12 @@ def plan_memory(header: dict, budget: int, baseline: int, jit: bool = True, cont
                 sparse: dict | None = None) -> Plan:
     """Plan the weights of the model in `header` for a process budget of `budget` bytes, the
     runtime already holding `baseline` bytes (its resident set now). context: KV cache length
-    (None: the largest of CONTEXTS whose cache takes at most 15% of the budget). sparse: the
+    (None: budget_context). sparse: the
     header's "sparse_ffn" section when the FFN runs sparse (its bundles are left to the
     neuron cache, which gets what the window does not need)."""
     cfg, program, tensors = header["config"], header["program"], header["tensors"]
     if context is None:
-        context = next((c for c in CONTEXTS if kv_bytes(cfg, c) <= 0.15 * budget), CONTEXTS[-1])
-        context = min(context, int(cfg["context_length"]))
+        context = budget_context([cfg], budget)
     allowance = max(int(0.03 * budget), 4 * MB)
     prefill_chunk = _chunk(program, allowance, rows_all=False)
     score_chunk = _chunk(program, allowance, rows_all=True)
@@ -134,7 +146,7 @@ def plan_memory(header: dict, budget: int, baseline: int, jit: bool = True, cont
     # streamed tensors in the order the ops that read them whole run (embedding lookups read
     # rows: a tied embedding streams where the output head needs it, at the end)
     order = [n for n in weight_order(program, skip=("embed",)) if n not in bundles]
-    embed_only = {op["w"]["weight"] for op in program["ops"] if op["op"] == "embed"} - set(order)
+    embed_only = rows_only(program)
     size = {n: tensor_nbytes(tensors[n]["dtype"], tensors[n]["shape"]) for n in set(order) | bundles | embed_only}
     small = [n for n in order if size[n] < SMALL or len(tensors[n]["shape"]) < 2]
     big = [n for n in order if n not in small and n not in embed_only]

@@ -15,9 +15,10 @@ import numpy as np
 
 from . import chat as chat_template
 from . import kernels, speculative
-from .budget import CONTEXTS, MB, STEPS_KEPT, arena_bytes, parse_size, peak_rss, plan_memory, rss_now
+from .budget import (MB, STEPS_KEPT, arena_bytes, budget_context, kv_bytes, parse_size, peak_rss, plan_memory, rows_only,
+                     rss_now)
 from .errors import EdgeError
-from .format import EdgeFile
+from .format import EdgeFile, tensor_nbytes
 from .interpreter import Interpreter
 from .kvcache import KVCache
 from .sampling import Sampler
@@ -74,11 +75,15 @@ class Model:
             from .weightstore import WeightStore
 
             jit = kernels.load(backend).__name__.endswith(".jit")
-            reserve = _draft_reserve(draft, context or max(CONTEXTS))  # a draft model stays resident
+            budget = parse_size(memory_budget)
+            draft_edge = _draft_edge(draft)
+            if context is None:  # the draft's KV cache shares the context, so it shares the default's room
+                context = budget_context([self.config] + ([draft_edge.header["config"]] if draft_edge else []), budget)
+            reserve = _draft_reserve(draft_edge, context)  # a draft model stays resident
             if draft is not None:  # and verification steps of up to a full tree, all rows out
                 nodes = _tree_nodes(tree_width, tree_depth)
                 reserve += STEPS_KEPT * arena_bytes(program, {"n": nodes, "m": nodes})
-            self.plan = plan_memory(h, parse_size(memory_budget), rss_now() + reserve, jit=jit, context=context,
+            self.plan = plan_memory(h, budget, rss_now() + reserve, jit=jit, context=context,
                                     sparse=h.get("sparse_ffn"))
             context, self.prefill_chunk, self.score_chunk = (self.plan.context, self.plan.prefill_chunk,
                                                              self.plan.score_chunk)
@@ -238,16 +243,27 @@ class Model:
         return float(np.exp(nll.mean()))
 
 
-def _draft_reserve(draft, context: int) -> int:
-    """Bytes a draft model will hold resident beside a target under a memory budget: its file
-    (all weights are read every draft step) and its KV cache; 0 for none or lookup drafts."""
+def _draft_edge(draft) -> EdgeFile | None:
+    """The .edge file of a draft model (a path or a Model); None for no draft or lookup drafts."""
     if draft is None or draft == "lookup":
-        return 0
+        return None
     edge = draft.edge if isinstance(draft, Model) else EdgeFile(str(draft))
-    c = edge.header.get("config", {})
-    kv = 2 * c.get("n_layers", 0) * c.get("n_kv_head", 0) * c.get("head_dim", 0) * 4 * min(
-        context, int(c.get("context_length", context)))
-    return edge.size + kv
+    if edge.header.get("kind") != "llm" or "config" not in edge.header:
+        raise EdgeError(f"the draft {edge.path} is not a language model")
+    return edge
+
+
+def _draft_reserve(edge: EdgeFile | None, context: int) -> int:
+    """Bytes a draft model (its .edge file, or None) will hold resident beside a target under a
+    memory budget: its file (all weights are read every draft step) but for an embedding table
+    that only lookups read (a few rows), and its KV cache of `context` tokens (at most the
+    draft's own context length)."""
+    if edge is None:
+        return 0
+    h = edge.header
+    c = h["config"]
+    rows = sum(tensor_nbytes(h["tensors"][n]["dtype"], h["tensors"][n]["shape"]) for n in rows_only(h["program"]))
+    return edge.size - rows + kv_bytes(c, min(context, int(c.get("context_length", context))))
 
 
 def _tree_nodes(width: int, depth: int) -> int:

@@ -123,14 +123,33 @@ def test_budget_sets_aside_the_draft(tiny):
     """Under a memory budget, a draft model's file and KV cache are kept out of the target's
     share; a lookup draft needs nothing."""
     from edgert.format import EdgeFile
-    from edgert.model import _draft_reserve
+    from edgert.model import _draft_edge, _draft_reserve
 
     edge = EdgeFile(tiny["other"])
     kv = 2 * 2 * 2 * 16 * 4 * 64  # K and V, 2 layers, 2 kv heads of 16, float32, 64 positions
-    assert _draft_reserve(tiny["other"], 64) == edge.size + kv
-    assert _draft_reserve("lookup", 64) == _draft_reserve(None, 64) == 0
+    h = edge.header
+    rows = {op["w"]["weight"] for op in h["program"]["ops"] if op["op"] == "embed"} - {
+        w for op in h["program"]["ops"] if op["op"] != "embed" for w in op["w"].values()}
+    parts = [edge.tensor(n) for n in rows]  # an untied embedding table: only its rows are read
+    table = sum(sum(a.nbytes for a in p.values()) if isinstance(p, dict) else p.nbytes for p in parts)
+    assert table > 0
+    assert _draft_reserve(_draft_edge(tiny["other"]), 64) == edge.size - table + kv
+    assert _draft_edge("lookup") is None and _draft_reserve(None, 64) == 0
     m = edgert.load(tiny["target"], threads=1, memory_budget="4GB", context=64, draft=tiny["other"])
     assert m.plan.estimate["runtime"] >= edge.size + kv
+
+
+def test_budget_context_counts_the_draft_cache():
+    """The default context under a budget leaves 15% of it to the KV caches of target and
+    draft together: a draft with a large cache halves the context."""
+    from edgert.budget import budget_context, kv_bytes
+
+    cfg = {"n_layers": 28, "n_kv_head": 2, "head_dim": 128, "context_length": 32768}  # Qwen2.5-1.5B's cache
+    budget = 900 << 20
+    alone, pair = budget_context([cfg], budget), budget_context([cfg, cfg], budget)
+    assert (alone, pair) == (2048, 1024)
+    assert 2 * kv_bytes(cfg, pair) <= 0.15 * budget < 2 * kv_bytes(cfg, 2 * pair)
+    assert budget_context([dict(cfg, context_length=512)], budget) == 512
 
 
 def _softmax(logits):
@@ -203,3 +222,44 @@ def test_greedy_is_lossless_qwen_pair(qwen15_edge, qwen05_edge, prompts):
             ids = target.tokenizer.encode(prompt)
             assert _greedy(spec, ids, 32) == _greedy(target, ids, 32), (width, prompt)
         assert spec.stats["tokens_per_step"] > 1.5  # the pair agrees on most drafted tokens
+
+
+@pytest.mark.slow
+def test_pure_draft_beside_a_streamed_target_is_lossless(qwen15_edge, qwen05_gguf, prompts, tmp_path):
+    """The memory-limited setting: the 0.5B converted with --pure (every matrix 4-bit: 77% of
+    the default conversion's bytes) drafts while the 1.5B streams its weights (the budget: what
+    this test process holds already plus 800 MB, as the benchmark's 900 MB is for a fresh one)."""
+    from edgert.budget import rss_now
+    from edgert.convert import convert
+    from edgert.format import EdgeFile
+
+    draft = str(tmp_path / "draft-pure.edge")
+    convert(qwen05_gguf, draft, progress=False, pure=True)
+    h = EdgeFile(draft).header
+    assert {t["dtype"] for t in h["tensors"].values() if len(t["shape"]) == 2} == {"q4_1"}
+    spec = edgert.load(qwen15_edge, threads=1, context=256, memory_budget=rss_now() + (800 << 20), draft=draft)
+    assert spec.plan.stream  # the target does stream
+    target = edgert.load(qwen15_edge, threads=1, context=256)
+    for prompt in prompts[:2]:
+        ids = target.tokenizer.encode(prompt)
+        assert _greedy(spec, ids, 24) == _greedy(target, ids, 24), prompt
+    assert spec.stats["tokens_per_step"] > 1.5
+
+
+def test_evicted_steps_free_their_arenas_at_once(tiny):
+    """Trees of many sizes bind a step per size; the interpreter keeps 4, and an evicted one
+    (whose bound calls refer back to it) must be freed when dropped, not at some later GC pass:
+    under a memory budget, arenas waiting for the cycle collector grew a 3-prompt run by 150 MB."""
+    import gc
+    import weakref
+
+    m = edgert.load(tiny["target"], threads=1, context=64)
+    cache = m.new_cache()
+    gc.disable()
+    try:
+        first = weakref.ref(m.interpreter._step_for({"n": 1, "m": 1}))
+        for n in range(2, 7):
+            m.interpreter.step(np.arange(n), np.arange(cache.length, cache.length + n), cache, rows="all")
+        assert first() is None and len(m.interpreter._steps) == 4
+    finally:
+        gc.enable()
