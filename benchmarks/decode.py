@@ -46,13 +46,14 @@ def gguf_path(name: str) -> str:
     return out.strip().splitlines()[-1].split(" ", 1)[1]
 
 
-def edge_path(name: str, gguf: str) -> str:
+def edge_path(name: str, gguf: str, pure: bool = False) -> str:
+    """The benchmark's conversion of `gguf` (made once; pure: every matrix 4-bit, convert --pure)."""
     from edgert.convert import convert
 
     os.makedirs(BENCH_CACHE, exist_ok=True)
-    out = os.path.join(BENCH_CACHE, name + ".edge")
+    out = os.path.join(BENCH_CACHE, name + ("-pure" if pure else "") + ".edge")
     if not os.path.exists(out):
-        convert(gguf, out, progress=False)
+        convert(gguf, out, progress=False, pure=pure)
     return out
 
 

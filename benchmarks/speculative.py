@@ -2,7 +2,7 @@
 
     python benchmarks/speculative.py [--target qwen2.5-coder-1.5b] [--draft qwen2.5-coder-0.5b]
                                      [--threads 1] [--max-tokens 128] [--prompts 12]
-                                     [--memory-budget 900MB] [--modes tree linear lookup ...]
+                                     [--memory-budget 900MB] [--context N] [--modes tree linear lookup ...]
 
 Prints one JSON object. Greedy decoding on fixed coding and chat prompts (the model's chat
 template), each mode in its own process; every mode must produce the target's own tokens
@@ -62,9 +62,9 @@ def run_mode(mode: str, args) -> list[dict]:
 
     target_path = edge_path(args.target, gguf_path(args.target))
     budget = {"memory_budget": args.memory_budget} if args.memory_budget else {}
-    kw = {"threads": args.threads, "activations": args.activations, **budget}
+    kw = {"threads": args.threads, "activations": args.activations, "context": args.context, **budget}
     if mode != "target":
-        kw.update(MODES[mode](edge_path(args.draft, gguf_path(args.draft))))
+        kw.update(MODES[mode](edge_path(args.draft, gguf_path(args.draft), pure=args.draft_pure)))
         if args.tree_depth and mode != "lookup":
             kw["tree_depth"] = args.tree_depth
         if args.tree_width and mode.startswith("tree"):
@@ -90,6 +90,10 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=len(PROMPTS))
     ap.add_argument("--modes", nargs="+", default=["tree", "linear", "lookup"], choices=list(MODES))
     ap.add_argument("--memory-budget", default=None, help="stream the target's weights within this budget")
+    ap.add_argument("--draft-pure", action="store_true",
+                    help="convert the draft with --pure (every matrix 4-bit: a smaller draft, more room for the target)")
+    ap.add_argument("--context", type=int, help="KV cache length of every mode (default: edgert's, which under a "
+                    "budget shrinks with a draft model's cache: pass one to compare like with like)")
     ap.add_argument("--tree-depth", type=int, help="draft depth of the model-drafter modes (default 8)")
     ap.add_argument("--tree-width", type=int, help="branching of the tree modes (default 3)")
     ap.add_argument("--activations", choices=["int16", "int8"], default="int16",
@@ -99,16 +103,17 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_mode(args.one, args)))
         return
-    for name in (args.target, args.draft):  # fetch and convert here, not inside a measured process
-        edge_path(name, gguf_path(name))
+    edge_path(args.target, gguf_path(args.target))  # fetch and convert here, not inside a measured process
+    edge_path(args.draft, gguf_path(args.draft), pure=args.draft_pure)
     runs = {}
     for mode in ["target", *args.modes]:  # each mode in its own process: its own memory and budget
         cmd = [sys.executable, __file__, "--one", mode] + [
             a for k, v in (("--target", args.target), ("--draft", args.draft), ("--threads", args.threads),
                            ("--max-tokens", args.max_tokens), ("--prompts", args.prompts),
-                           ("--memory-budget", args.memory_budget), ("--activations", args.activations),
+                           ("--memory-budget", args.memory_budget), ("--context", args.context),
+                           ("--activations", args.activations),
                            ("--tree-depth", args.tree_depth), ("--tree-width", args.tree_width))
-            if v is not None for a in (k, str(v))]
+            if v is not None for a in (k, str(v))] + ["--draft-pure"] * args.draft_pure
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         runs[mode] = json.loads(out.strip().splitlines()[-1])
     base = runs["target"]
@@ -130,7 +135,7 @@ def main() -> None:
                 draft_share=sum(r["draft_s"] for r in rs) / sum(r["draft_s"] + r["verify_s"] for r in rs))
     print(json.dumps({"benchmark": "speculative", "target": args.target, "draft": args.draft,
                       "threads": args.threads, "max_tokens": args.max_tokens, "prompts": args.prompts,
-                      "memory_budget": args.memory_budget, "activations": args.activations,
+                      "draft_pure": args.draft_pure, "memory_budget": args.memory_budget, "context": args.context, "activations": args.activations,
                       "tree_depth": args.tree_depth, "tree_width": args.tree_width,
                       "load_avg": os.getloadavg(), "results": results},
                      indent=2))

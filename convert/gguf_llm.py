@@ -29,8 +29,9 @@ NATIVE = {"Q4_0": "q4_0", "Q4_1": "q4_1", "Q8_0": "q8_0"}
 QUANT_CHOICES = tuple(formats.FORMATS)
 
 
-def _plan_tensor(t, quant: str):
-    """(name, edge dtype, shape, producer, note) for one GGUF tensor."""
+def _plan_tensor(t, quant: str, pure: bool = False):
+    """(name, edge dtype, shape, producer, note) for one GGUF tensor (pure: see
+    requant.target_format; a native type other than `quant` is then requantized too)."""
     import gguf
 
     gtype = t.tensor_type.name
@@ -42,7 +43,7 @@ def _plan_tensor(t, quant: str):
     if len(shape) != 2:
         raise EdgeError(f"tensor {t.name}: {len(shape)}-D weights are not supported")
     n, k = shape
-    if gtype in NATIVE:
+    if gtype in NATIVE and not (pure and NATIVE[gtype] != quant):
         return t.name, NATIVE[gtype], shape, lambda: formats.from_gguf_blocks(t.data, NATIVE[gtype], n, k), "kept"
     try:
         qtype = gguf.GGMLQuantizationType[gtype]
@@ -55,9 +56,9 @@ def _plan_tensor(t, quant: str):
 
     def requantize():
         w = gguf.quants.dequantize(t.data, qtype).reshape(shape).astype(np.float32)
-        _, parts, requantize.stats = requant.requantize(t.name, gtype, w, quant)
+        _, parts, requantize.stats = requant.requantize(t.name, gtype, w, quant, pure)
         return parts
-    return t.name, requant.target_format(t.name, gtype, quant), shape, requantize, "requantize"
+    return t.name, requant.target_format(t.name, gtype, quant, pure), shape, requantize, "requantize"
 
 
 # tensors stored concatenated by rows, so that one product serves them all
@@ -109,8 +110,9 @@ def _fuse(plans: list) -> list:
 
 
 def convert_gguf(src: str, out: str, quant: str = "q4_1", force: bool = False, progress: bool = True,
-                 sparsify: float | None = None) -> dict:
-    """Convert a GGUF LLM to .edge at `out`; returns a summary dict. sparsify: a target
+                 sparsify: float | None = None, pure: bool = False) -> dict:
+    """Convert a GGUF LLM to .edge at `out`; returns a summary dict. pure: every matrix in
+    `quant` (requant.target_format). sparsify: a target
     activation sparsity -- the dense conversion goes to a temporary file beside `out`, then
     convert.sparsify bundles its FFNs per neuron and calibrates thresholds into `out`."""
     if sparsify is not None:
@@ -120,7 +122,7 @@ def convert_gguf(src: str, out: str, quant: str = "q4_1", force: bool = False, p
             raise EdgeError(f"{out} exists; pass --force to overwrite it")
         dense = f"{out}.dense-tmp"
         try:
-            summary = convert_gguf(src, dense, quant=quant, force=True, progress=progress)
+            summary = convert_gguf(src, dense, quant=quant, force=True, progress=progress, pure=pure)
             summary.update(sparsify_edge(dense, out, sparsify, force=force, progress=progress), output=out)
         finally:
             if os.path.exists(dense):
@@ -138,7 +140,7 @@ def convert_gguf(src: str, out: str, quant: str = "q4_1", force: bool = False, p
         raise EdgeError(f"{out} exists; pass --force to overwrite it")
     reader, meta = open_gguf(src)
     cfg = llama.config_from_gguf(meta, [t.name for t in reader.tensors])
-    plans = _fuse([_plan_tensor(t, quant) for t in reader.tensors])
+    plans = _fuse([_plan_tensor(t, quant, pure) for t in reader.tensors])
     names = [p[0] for p in plans]
     header = {
         "kind": "llm",
@@ -147,7 +149,7 @@ def convert_gguf(src: str, out: str, quant: str = "q4_1", force: bool = False, p
         "chat_template": meta.get("tokenizer.chat_template"),
         "program": llama.build_program(cfg, names),
         "source": {"format": "gguf", "file": os.path.basename(src), "name": meta.get("general.name"),
-                   "quant": quant, "converter": f"edgert {__version__}"},
+                   "quant": quant, "pure": pure, "converter": f"edgert {__version__}"},
     }
     bar = None
     if progress:

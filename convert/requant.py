@@ -51,8 +51,12 @@ def role(name: str) -> str:
     return parts[2] if parts[0] == "blk" and len(parts) > 3 else parts[0]
 
 
-def target_format(name: str, src_type: str, quant: str) -> str:
-    """The edge format for GGUF tensor `name` of type `src_type` when the user asked for `quant`."""
+def target_format(name: str, src_type: str, quant: str, pure: bool = False) -> str:
+    """The edge format for GGUF tensor `name` of type `src_type` when the user asked for `quant`
+    (pure: `quant` for every tensor, the SENSITIVE roles too -- smaller and less accurate, for
+    draft models)."""
+    if pure:
+        return quant
     if src_type in LOW_BIT:
         return "q4_1"
     if quant == "q8_0" or role(name) in SENSITIVE:
@@ -60,9 +64,9 @@ def target_format(name: str, src_type: str, quant: str) -> str:
     return quant
 
 
-def requantize(name: str, src_type: str, w: np.ndarray, quant: str):
+def requantize(name: str, src_type: str, w: np.ndarray, quant: str, pure: bool = False):
     """float32 w [N, K] (K % 32 == 0) -> (edge dtype, parts, stats line)."""
-    fmt = target_format(name, src_type, quant)
+    fmt = target_format(name, src_type, quant, pure)
     w = np.asarray(w, dtype=_F)
     parts = quantize(w, fmt)
     err = (formats.dequantize(parts, fmt) - w).ravel()

@@ -101,7 +101,7 @@ def cmd_convert(args) -> int:
         raise EdgeError("sparse windowing needs both --bundle-ffn and --sparsify S (e.g. --sparsify 0.3)")
     if args.sparsify is not None:
         onnx_options["sparsify"] = args.sparsify
-    summary = convert(args.source, out, quant=args.quant, force=args.force, **onnx_options)
+    summary = convert(args.source, out, quant=args.quant, force=args.force, pure=args.pure, **onnx_options)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(summary["tensors"].items()))
     print(f"wrote {out}: {summary['bytes'] / 1e6:.1f} MB, {summary['arch']}, tensors: {kinds}", file=sys.stderr)
     return 0
@@ -239,6 +239,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", default="q4_1", choices=["q4_0", "q4_1", "q8_0"],
                    help="format for tensors edgert does not run natively; with q4_0/q4_1 the attention, "
                         "ffn_up/ffn_down and output weights get q8_0 (kept formats are lossless)")
+    p.add_argument("--pure", action="store_true",
+                   help="GGUF: every matrix in --quant, the q8_0 roles too (smaller and less accurate: "
+                        "for a draft model under a memory budget)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--bundle-ffn", action="store_true",
                    help="GGUF: store each FFN neuron's up row and down column together (sparse windowing; "

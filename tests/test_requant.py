@@ -104,3 +104,16 @@ def test_policy(name, src, quant, want):
     assert fmt == want
     assert [(k, v.dtype, v.shape) for k, v in parts.items()] == formats.part_specs(want, 8, 64)
     assert stats.startswith(f"{src} -> {want}: rel RMS error ")
+
+
+@pytest.mark.parametrize("name,src,quant", [
+    ("blk.7.attn_q.weight", "Q5_0", "q4_1"),
+    ("output.weight", "Q6_K", "q4_0"),
+    ("blk.7.ffn_down.weight", "Q4_K", "q4_0"),
+    ("token_embd.weight", "F16", "q8_0"),
+])
+def test_pure_keeps_every_role_in_the_format_asked_for(name, src, quant):
+    """convert --pure: no 8-bit roles and no q4_1 for 4-bit sources, `quant` everywhere."""
+    assert requant.target_format(name, src, quant, pure=True) == quant
+    fmt, parts, _ = requant.requantize(name, src, weights("gaussian", (8, 64)), quant, pure=True)
+    assert fmt == quant and [(k, v.dtype, v.shape) for k, v in parts.items()] == formats.part_specs(quant, 8, 64)
