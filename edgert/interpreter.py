@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from . import kernels as kernel_registry
+from .budget import STEPS_KEPT
 from .errors import EdgeError
 from .kvcache import KVCache
 from .program import concrete, plan_buffers, validate
@@ -120,6 +121,7 @@ class Interpreter:
         self.weights = store.weights(edge, self.K, weights) if store else Weights(edge, self.K, weights)
         self.cache: KVCache | None = None
         self._steps: dict = {}
+        self.wide_kept = STEPS_KEPT  # of the kept steps, how many may output all rows (m > 1)
 
     def step(self, tokens, pos, cache: KVCache, rows: str = "last", mask=None) -> np.ndarray:
         """Run n = len(tokens) new tokens at positions pos; returns float32 [m, vocab]
@@ -155,14 +157,24 @@ class Interpreter:
         return st.outputs
 
     def _step_for(self, dims: dict) -> "_Step":
-        """The bound step for these dims (at most 4 kept)."""
+        """The bound step for these dims: at most STEPS_KEPT kept, the oldest dropped first, and
+        at most wide_kept of them with all rows out (their arenas hold [m, vocab] logits)."""
         key = tuple(sorted(dims.items()))
         st = self._steps.get(key)
         if st is None:
-            if len(self._steps) >= 4:  # its bound calls refer back to it: break the cycle, so
-                self._steps.pop(next(iter(self._steps))).calls = []  # its arena goes now, not at a GC pass
+            if dims.get("m", 1) > 1:
+                wide = [k for k in self._steps if dict(k).get("m", 1) > 1]
+                for k in wide[:len(wide) - self.wide_kept + 1]:
+                    self._drop(k)
+            if len(self._steps) >= STEPS_KEPT:
+                self._drop(next(iter(self._steps)))
             st = self._steps[key] = self.new_step(dims)
         return st
+
+    def _drop(self, key) -> None:
+        """Forget a kept step. Its bound calls refer back to it: breaking that cycle frees its
+        arena now, not at some later pass of the cycle collector."""
+        self._steps.pop(key).calls = []
 
     def new_step(self, dims: dict) -> "_Step":
         """A step for these dims with an arena of its own, not kept by the interpreter: its

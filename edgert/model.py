@@ -15,7 +15,7 @@ import numpy as np
 
 from . import chat as chat_template
 from . import kernels, speculative
-from .budget import (MB, STEPS_KEPT, arena_bytes, budget_context, kv_bytes, parse_size, peak_rss, plan_memory, rows_only,
+from .budget import (MB, arena_bytes, budget_context, kv_bytes, parse_size, peak_rss, plan_memory, rows_only,
                      rss_now)
 from .errors import EdgeError
 from .format import EdgeFile, tensor_nbytes
@@ -80,9 +80,9 @@ class Model:
             if context is None:  # the draft's KV cache shares the context, so it shares the default's room
                 context = budget_context([self.config] + ([draft_edge.header["config"]] if draft_edge else []), budget)
             reserve = _draft_reserve(draft_edge, context)  # a draft model stays resident
-            if draft is not None:  # and verification steps of up to a full tree, all rows out
-                nodes = _tree_nodes(tree_width, tree_depth)
-                reserve += STEPS_KEPT * arena_bytes(program, {"n": nodes, "m": nodes})
+            if draft is not None:  # and a verification step of up to a full tree, all rows out (the
+                nodes = _tree_nodes(tree_width, tree_depth)  # interpreter keeps one: wide_kept below)
+                reserve += arena_bytes(program, {"n": nodes, "m": nodes})
             self.plan = plan_memory(h, budget, rss_now() + reserve, jit=jit, context=context,
                                     sparse=h.get("sparse_ffn"))
             context, self.prefill_chunk, self.score_chunk = (self.plan.context, self.plan.prefill_chunk,
@@ -90,6 +90,8 @@ class Model:
             self.store = WeightStore(self.edge, self.plan)
         self.interpreter = Interpreter(program, self.edge, backend, weights=weights, store=self.store,
                                        activations=activations)
+        if self.store is not None:  # trees of many sizes: one wide step at a time (rebinding one costs
+            self.interpreter.wide_kept = 1  # ~5 ms against a verification's ~1 s of reading)
         limit = int(self.config["context_length"])
         self.context = min(context or min(limit, DEFAULT_CONTEXT), limit)
         self.stats: dict = {}

@@ -259,7 +259,13 @@ def test_evicted_steps_free_their_arenas_at_once(tiny):
     try:
         first = weakref.ref(m.interpreter._step_for({"n": 1, "m": 1}))
         for n in range(2, 7):
-            m.interpreter.step(np.arange(n), np.arange(cache.length, cache.length + n), cache, rows="all")
+            m.interpreter.step(np.arange(n), np.arange(cache.length, cache.length + n), cache)
         assert first() is None and len(m.interpreter._steps) == 4
+        m.interpreter.wide_kept = 1  # as under a memory budget: one step with all rows out
+        narrow = weakref.ref(m.interpreter._step_for({"n": 1, "m": 1}))
+        for n in range(2, 5):
+            m.interpreter.step(np.arange(n), np.arange(cache.length, cache.length + n), cache, rows="all")
+        kept = [dict(k) for k in m.interpreter._steps]
+        assert narrow() is not None and sum(k["m"] > 1 for k in kept) == 1 and {"n": 4, "m": 4} in kept
     finally:
         gc.enable()
