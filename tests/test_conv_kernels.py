@@ -127,6 +127,38 @@ def test_depthwise_conv_activations(K, act):
     test_depthwise_conv(K, 4, 11, 19, 5, (2, 2), (2, 2, 2, 2), (1, 1), act)
 
 
+@pytest.mark.parametrize("k,c,h,w,kh,stride,pads,dil,sparsity", [
+    (16, 96, 40, 37, 3, (2, 2), (0, 0, 1, 1), (1, 1), 0.0),   # TF "same" padding, stride 2
+    (24, 20, 33, 30, 3, (1, 1), (1, 1, 1, 1), (1, 1), 0.5),   # C not a multiple of GROUP
+    (8, 42, 150, 131, 3, (1, 1), (1, 1, 1, 1), (1, 1), 0.3),  # wide rows: bands of 8 rows, two channel steps
+    (8, 42, 150, 131, 5, (2, 2), (1, 1, 2, 2), (1, 1), 0.0),
+    (12, 48, 29, 21, 5, (2, 2), (2, 2, 2, 2), (1, 1), 0.3),
+    (40, 40, 26, 26, 5, (1, 1), (2, 2, 2, 2), (1, 1), 0.0),
+    (64, 72, 7, 7, 5, (1, 1), (2, 2, 2, 2), (1, 1), 0.6),     # one band: threads split the channels
+    (8, 8, 19, 23, 3, (2, 1), (3, 1, 0, 1), (2, 1), 0.0),     # mixed strides, row dilation, a band of padding
+    (5, 4, 1, 1, 3, (1, 1), (1, 1, 1, 1), (1, 1), 0.0),       # one pixel
+])
+def test_conv_gemm_dw(K, k, c, h, w, kh, stride, pads, dil, sparsity):
+    """A 1x1 conv (block layout, optionally group-sparse) and the depthwise conv on its output,
+    fused, against the two convs one after the other in float64. The jit kernel's bands are
+    whole maps but for the wide ones."""
+    rng = _rng("gemm_dw", k, c, h, w, kh, stride, sparsity)
+    w1 = rng.standard_normal((c, k)).astype(np.float32)
+    if sparsity:
+        w1 *= np.repeat(rng.random((-(-c // GROUP), k)) >= sparsity, GROUP, axis=0)[:c]
+    b1, b2 = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    w2 = rng.standard_normal((c, 1, kh, kh)).astype(np.float32)
+    x = rng.standard_normal((k, h, w)).astype(np.float32)
+    (p1, f1), (p2, f2) = ACTS["relu6"], ACTS["hardswish"]
+    mid = f1(np.einsum("ck,khw->chw", w1.astype(np.float64), x) + b1[:, None, None])
+    want = f2(_direct_conv(mid, w2.astype(np.float64), b2, stride, pads, dil, c))
+    out = np.full(want.shape, np.nan, np.float32)
+    scratch = np.full(K.gemm_dw_scratch(c, h, w, want.shape[1], kh, stride[0], dil[0]), np.nan, np.float32)
+    K.conv_gemm_dw(x, *block_layout(w1, b1), np.array(p1, np.float32), w2.reshape(c, -1), b2, kh, kh, *stride,
+                   pads[0], pads[1], *dil, np.array(p2, np.float32), scratch, out)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("c,h,w,kh,kw,stride,pads,dil,groups,cout", [
     (3, 15, 16, 3, 3, (2, 2), (0, 0, 1, 1), (1, 1), 1, 8),
     (4, 9, 7, 2, 3, (1, 2), (1, 0, 0, 2), (2, 1), 2, 6),

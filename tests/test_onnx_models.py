@@ -83,9 +83,14 @@ def _compare(edge_path, onnx_path, backend):
     return m, worst
 
 
+def _fused(m):
+    return sum(op["op"] == "conv" and op["attrs"]["kind"] == "gemm_dw" for op in m.program["ops"])
+
+
 @pytest.mark.parametrize("backend", ["jit", "ref"])
 def test_efficientnet_lite0_matches_onnxruntime(effnet_onnx, tmp_path_factory, backend):
     m, worst = _compare(_convert(effnet_onnx, tmp_path_factory, force=True), effnet_onnx, backend)
+    assert _fused(m) == 1  # the 16 -> 96 expand at 112 x 112 and its depthwise conv
     top = m.classify(skdata.chelsea(), top=1)[0][0]
     assert top in IMAGENET_CATS, top
     print(f"\nEfficientNet-Lite0 ({backend}): worst |diff| / logit range {worst:.2e}")
@@ -93,7 +98,11 @@ def test_efficientnet_lite0_matches_onnxruntime(effnet_onnx, tmp_path_factory, b
 
 @pytest.mark.parametrize("backend", ["jit", "ref"])
 def test_pp_lcnet_orientation_matches_onnxruntime(orientation_onnx, tmp_path_factory, backend):
-    m, worst = _compare(_convert(orientation_onnx, tmp_path_factory, force=True), orientation_onnx, backend)
+    """Every 1x1 conv fused with the depthwise conv after it, whatever its size (12 pairs: 3x3
+    and 5x5, strides 1 and 2, maps from 112 x 112 to 7 x 7)."""
+    m, worst = _compare(_convert(orientation_onnx, tmp_path_factory, force=True, fuse_min_bytes=0), orientation_onnx,
+                        backend)
+    assert _fused(m) == 12
     assert m.labels == ["0", "90", "180", "270"]
     assert m.config["preprocess"]["channels"] == "BGR"
     print(f"\nPP-LCNet ({backend}): worst |diff| / prob range {worst:.2e}")
@@ -138,7 +147,7 @@ def test_pruning_stores_the_requested_group_sparsity(effnet_onnx, tmp_path):
         Image.fromarray(getattr(skdata, name)()).save(imgs[-1])
     summary = convert_onnx(effnet_onnx, out, prune=0.3, calibration=imgs)
     ops = summary["ops"]
-    assert summary["pruned_layers"] == ops["conv:gemm"] + ops["conv:im2col"] + ops["dense"] >= 34
+    assert summary["pruned_layers"] == ops["conv:gemm"] + ops["conv:gemm_dw"] + ops["conv:im2col"] + ops["dense"] >= 34
     assert summary["gemm_group_sparsity"] == pytest.approx(0.3, abs=0.01)
     m = edgert.load(out)
     assert m.config["group"] == GROUP and m.config["prune"] == 0.3

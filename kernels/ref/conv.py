@@ -83,3 +83,18 @@ def dense(x, w, bias, out):
     """out f32[M, N] = x f32[M, K] @ w f32[K, N] + bias f32[N] (einsum: no BLAS under Pyodide)."""
     np.einsum("mk,kn->mn", x, w, out=out)
     out += bias
+
+
+def gemm_dw_scratch(c, h, w, oh, kh, sh, dh):
+    """Shape of conv_gemm_dw's work space: this twin needs none (it expands the whole map)."""
+    return 0, 0, 0
+
+
+def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl, dh, dw, dact, scratch, out):
+    """out f32[C, OH, OW] = depthwise_conv(m, w, dbias, kh, kw, sh, sw, pt, pl, dh, dw, dact) of
+    m f32[C, H, W] = conv_gemm(x, vals, idx, ptr, bias, act) for x f32[K, H, W]: a 1x1 conv and
+    the depthwise conv on its output, as one op (the Numba kernel never holds all of m)."""
+    k, h, wd = x.shape
+    m = np.empty((out.shape[0], h * wd), np.float32)
+    conv_gemm(x.reshape(k, h * wd), vals, idx, ptr, bias, act, m)
+    depthwise_conv(m.reshape(-1, h, wd), w, dbias, kh, kw, sh, sw, pt, pl, dh, dw, dact, out)
