@@ -791,8 +791,8 @@ def fuse_expand_depthwise(program: dict, min_bytes: int = FUSE_MIN_BYTES) -> dic
         a, mid = op["attrs"], op["in"][0] if op["in"] else None
         src = producer.get(mid)
         if (op["op"] == "conv" and a["kind"] == "depthwise" and a["strides"][1] <= 2 and src is not None
-                and src["attrs"]["kind"] == "gemm" and readers[mid] == 1 and mid not in program["outputs"]
-                and 4 * int(np.prod(values[mid][1:])) >= min_bytes):
+                and src["attrs"]["kind"] == "gemm" and len(src["in"]) == 1 and readers[mid] == 1
+                and mid not in program["outputs"] and 4 * int(np.prod(values[mid][1:])) >= min_bytes):
             kept.remove(src)
             values.pop(mid)
             op = {"op": "conv", "in": src["in"], "out": op["out"],
@@ -801,6 +801,39 @@ def fuse_expand_depthwise(program: dict, min_bytes: int = FUSE_MIN_BYTES) -> dic
         elif op["op"] == "conv" and a["kind"] == "gemm":
             producer[op["out"][0]] = op
         kept.append(op)
+    return {**program, "values": values, "ops": kept}
+
+
+def fuse_residual_add(program: dict) -> dict:
+    """The program with each `binary` add of two same-shape values, one of them the output of a
+    1x1 conv (kind gemm, one group) that nothing else reads, merged into that conv as a second
+    input (the residual, added after its activation): the tile is still in L1 when the sum is
+    made, and on two threads half of the conv's output is no longer pulled from the other
+    core's cache by a separate add. The other value must be defined before the conv runs."""
+    ops, values = program["ops"], dict(program["values"])
+    readers, where = {}, {}
+    for i, op in enumerate(ops):
+        for v in op["in"]:
+            readers[v] = readers.get(v, 0) + 1
+        for v in op["out"]:
+            where[v] = i
+    merged, dropped = {}, set()
+    for i, op in enumerate(ops):
+        if op["op"] != "binary" or op["attrs"]["fn"] != "add" or len(set(op["in"])) != 2:
+            continue
+        for k in (0, 1):
+            mid, res = op["in"][k], op["in"][1 - k]
+            j = where.get(mid)
+            conv = merged.get(j, ops[j]) if j is not None else None
+            if (conv is not None and conv["op"] == "conv" and conv["attrs"]["kind"] == "gemm"
+                    and conv["attrs"]["group"] == 1 and len(conv["in"]) == 1 and readers[mid] == 1
+                    and mid not in program["outputs"] and values[mid] == values[res]
+                    and where.get(res, -1) < j):
+                merged[j] = {**conv, "in": [conv["in"][0], res], "out": op["out"]}
+                values.pop(mid)
+                dropped.add(i)
+                break
+    kept = [merged.get(i, op) for i, op in enumerate(ops) if i not in dropped]
     return {**program, "values": values, "ops": kept}
 
 
@@ -818,6 +851,7 @@ def convert_onnx(src: str, out: str, force: bool = False, prune: float = 0.0, la
     pruned = _prune(f, out, prune, calibration, preprocess, progress) if prune > 0 else None
     low = _Lowering(f, prune, pruned)
     program, out_names = low.run()
+    program = fuse_residual_add(program)
     if fuse_min_bytes is not None:
         program = fuse_expand_depthwise(program, fuse_min_bytes)
     in_names = list(program["inputs"])

@@ -18,8 +18,9 @@ def _int_tensor(it, name):
 
 def _bind_conv(it, op, st):
     """conv: kind depthwise (weight f32[C, kh*kw], bias f32[C]), gemm / im2col (block layout
-    vals, idx, ptr, bias with `group` groups) or gemm_dw (both, see _bind_gemm_dw); one image
-    of the batch at a time."""
+    vals, idx, ptr, bias with `group` groups; a gemm may take a second input, a residual added
+    after the activation) or gemm_dw (both, see _bind_gemm_dw); one image of the batch at a
+    time."""
     K, a = it.K, op["attrs"]
     x, out = st.env[op["in"][0]], st.env[op["out"][0]]
     n, c = x.shape[:2]
@@ -48,10 +49,11 @@ def _bind_conv(it, op, st):
     out2 = out.reshape(n, cout, oh * ow)
     if a["kind"] == "gemm":
         x2 = x.reshape(n, c, -1)
+        res2 = st.env[op["in"][1]].reshape(n, cout, -1) if len(op["in"]) > 1 else [None] * n
 
         def run():
             for i in range(n):
-                K.conv_gemm(x2[i], vals, idx, ptr, bias, act, out2[i])
+                K.conv_gemm(x2[i], vals, idx, ptr, bias, act, out2[i], res2[i])
         return run
     cols = np.empty((cin * kh * kw, oh, ow), np.float32)
     cols2 = cols.reshape(cin * kh * kw, oh * ow)

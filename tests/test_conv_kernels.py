@@ -57,7 +57,10 @@ def _direct_conv(x, w, bias, stride, pads, dil, groups):
                                       (1, 1, 16), (13, 7, 1), (66, 257, 1)])
 @pytest.mark.parametrize("sparsity", [0.0, 0.6])
 @pytest.mark.parametrize("act", list(ACTS))
-def test_conv_gemm(K, cout, k, p, sparsity, act):
+@pytest.mark.parametrize("residual", [False, True])
+def test_conv_gemm(K, cout, k, p, sparsity, act, residual):
+    """Against float64, optionally with a residual added after the activation (a 1x1 conv
+    fused with the Add after it)."""
     rng = _rng("gemm", cout, k, p, sparsity, act)
     w = rng.standard_normal((cout, k)).astype(np.float32)
     if sparsity:  # zero whole (GROUP x 1) groups, chosen here at random
@@ -69,8 +72,9 @@ def test_conv_gemm(K, cout, k, p, sparsity, act):
     params, fn = ACTS[act]
     vals, idx, ptr, b = block_layout(w, bias)
     out = np.full((cout, p), np.nan, np.float32)
-    K.conv_gemm(x, vals, idx, ptr, b, np.array(params, np.float32), out)
-    want = fn(w.astype(np.float64) @ x + bias[:, None])
+    res = rng.standard_normal((cout, p)).astype(np.float32) if residual else None
+    K.conv_gemm(x, vals, idx, ptr, b, np.array(params, np.float32), out, res)
+    want = fn(w.astype(np.float64) @ x + bias[:, None]) + (res if residual else 0)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 

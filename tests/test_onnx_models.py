@@ -91,6 +91,9 @@ def _fused(m):
 def test_efficientnet_lite0_matches_onnxruntime(effnet_onnx, tmp_path_factory, backend):
     m, worst = _compare(_convert(effnet_onnx, tmp_path_factory, force=True), effnet_onnx, backend)
     assert _fused(m) == 1  # the 16 -> 96 expand at 112 x 112 and its depthwise conv
+    ops = m.program["ops"]
+    assert sum(op["op"] == "conv" and len(op["in"]) == 2 for op in ops) == 9  # each residual Add in its 1x1 conv
+    assert not any(op["op"] == "binary" for op in ops)
     top = m.classify(skdata.chelsea(), top=1)[0][0]
     assert top in IMAGENET_CATS, top
     print(f"\nEfficientNet-Lite0 ({backend}): worst |diff| / logit range {worst:.2e}")

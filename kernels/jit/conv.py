@@ -76,10 +76,11 @@ def _vector_fns(builder, nl):
 
 
 @intrinsic(prefer_literal=True)
-def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, clamp, out, o0, j0, jo, jend):
+def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, clamp, out, res, o0, j0, jo, jend):
     """out[o0 + g, jo : jo + V*L] = act(bias[o0 + g] + sum over k in [k0, k1) of
-    vals[k, g] * x[idx[k], j0 : j0 + V*L]) for g < GROUP and o0 + g < out rows. x f32[K, P],
-    out f32[Cout, Q], vals f32[nnz, GROUP] C-contiguous, idx i32, bias f32[>= o0 + GROUP],
+    vals[k, g] * x[idx[k], j0 : j0 + V*L]) (+ res[o0 + g, jo : ...] unless res is None) for
+    g < GROUP and o0 + g < out rows. x f32[K, P], out and res f32[Cout, Q], vals f32[nnz,
+    GROUP] C-contiguous, idx i32, bias f32[>= o0 + GROUP],
     act f32[5]; clamp (bool): act is a plain clamp (a = 1, b = 0, m = 0: identity, relu,
     relu6), applied as max and min alone. L lanes, V vectors (literals); masked (literal
     bool): only the columns j0 + t < jend are loaded and stored (the last tile), else all V*L
@@ -88,15 +89,17 @@ def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, clamp, 
     if not all(isinstance(a, (types.IntegerLiteral, types.BooleanLiteral)) for a in (L, V, masked)):
         return None
     nl, nv, msk = L.literal_value, V.literal_value, bool(masked.literal_value)
+    residual = not isinstance(res, (types.NoneType, types.Omitted))
 
     def codegen(context, builder, sig, args):
         fv = ir.VectorType(_F32, nl)
         x_p, vals_p, idx_p, bias_p, act_p, out_p = (_ptr(context, builder, sig.args[k], args[k])
                                                     for k in (3, 4, 5, 8, 9, 11))
+        res_p = _ptr(context, builder, sig.args[12], args[12]) if residual else None
         P = cgutils.unpack_tuple(builder, context.make_array(sig.args[3])(context, builder, args[3]).shape, 2)[1]
         cout, Q = cgutils.unpack_tuple(builder, context.make_array(sig.args[11])(context, builder, args[11]).shape, 2)
         k0_, k1_, o0_, j0_, jo_, jend_ = (builder.sext(a, _I64) if a.type.width < 64 else a
-                                          for a in (args[6], args[7], args[12], args[13], args[14], args[15]))
+                                          for a in (args[6], args[7], args[13], args[14], args[15], args[16]))
         clamp = context.cast(builder, args[10], sig.args[10], types.boolean)
 
         def c64(v):
@@ -158,6 +161,8 @@ def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, clamp, 
                     t = builder.phi(fv)
                     t.add_incoming(t_plain, blk_plain)
                     t.add_incoming(t_general, blk_general)
+                    if residual:
+                        t = builder.fadd(t, load(res_p, builder.add(base, c64(v * nl)), v))
                     dst = vptr(out_p, builder.add(base, c64(v * nl)))
                     if msk:
                         builder.call(mstore, [t, dst, ir.Constant(_I32, 4), masks[v]])
@@ -165,7 +170,7 @@ def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, clamp, 
                         builder.store(t, dst, align=4)
         return context.get_dummy_value()
 
-    sig = types.void(L, V, masked, x, vals, idx, k0, k1, bias, act, clamp, out, o0, j0, jo, jend)
+    sig = types.void(L, V, masked, x, vals, idx, k0, k1, bias, act, clamp, out, res, o0, j0, jo, jend)
     return sig, codegen
 
 
@@ -235,19 +240,24 @@ TILES_PER_ITEM = 8  # pixel tiles per parallel work item
 
 
 @njit(cache=True, nogil=True, fastmath=True, parallel=True)
-def conv_gemm(x, vals, idx, ptr, bias, act, out):
-    """out f32[Cout, P] = act(W @ x + bias) for x f32[K, P], W [Cout, K] in the block layout
-    (vals f32[nnz, GROUP], idx i32[nnz], ptr i32[nb + 1], nb = ceil(Cout / GROUP)); bias
-    f32[nb * GROUP]; act f32[5]. All C-contiguous. Work items: (pixel chunk, row block), chunk
-    major, so a chunk of x stays in cache while every block passes over it; a single pixel
-    (P = 1) runs _gemv_block per row block instead."""
+def conv_gemm(x, vals, idx, ptr, bias, act, out, res=None):
+    """out f32[Cout, P] = act(W @ x + bias) (+ res f32[Cout, P], a residual, when given) for
+    x f32[K, P], W [Cout, K] in the block layout (vals f32[nnz, GROUP], idx i32[nnz], ptr
+    i32[nb + 1], nb = ceil(Cout / GROUP)); bias f32[nb * GROUP]; act f32[5]. All C-contiguous.
+    Work items: (pixel chunk, row block), chunk major, so a chunk of x stays in cache while
+    every block passes over it; the residual is added to each tile before its store. A single
+    pixel (P = 1) runs _gemv_block per row block instead."""
     nb = ptr.shape[0] - 1
     P = x.shape[1]
     if vals.shape[1] != GROUP or out.shape[1] != P or out.shape[0] > nb * GROUP or bias.shape[0] < nb * GROUP:
         raise ValueError("conv_gemm: shapes do not match")
+    if res is not None and res.shape != out.shape:
+        raise ValueError("conv_gemm: the residual's shape does not match the output's")
     if P == 1:  # one pixel (a squeeze-excite or head on a 1x1 map): the rows along the vector
         for b in prange(nb):
             _gemv_block(GEMV_ACCS, x, vals, idx, ptr[b], ptr[b + 1], bias, act, out, b * GROUP)
+        if res is not None:
+            out += res
         return
     clamp = act[0] == 1 and act[1] == 0 and act[4] == 0
     width = LANES * V_TILE
@@ -261,9 +271,9 @@ def conv_gemm(x, vals, idx, ptr, bias, act, out):
         for t in range(c * TILES_PER_ITEM, min(ntiles, (c + 1) * TILES_PER_ITEM)):
             j = t * width
             if t < full:
-                _gemm_tile(LANES, V_TILE, False, x, vals, idx, k0, k1, bias, act, clamp, out, b * GROUP, j, j, P)
+                _gemm_tile(LANES, V_TILE, False, x, vals, idx, k0, k1, bias, act, clamp, out, res, b * GROUP, j, j, P)
             else:
-                _gemm_tile(LANES, V_TILE, True, x, vals, idx, k0, k1, bias, act, clamp, out, b * GROUP, j, j, P)
+                _gemm_tile(LANES, V_TILE, True, x, vals, idx, k0, k1, bias, act, clamp, out, res, b * GROUP, j, j, P)
 
 
 _DW_TILE_ARGS = ("L", "R", "KH", "SH", "SW", "masked", "src", "zero", "base", "pitch", "ih0", "sh", "dh", "H", "kh",
@@ -612,10 +622,10 @@ def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl,
                             o = (b - first) * GROUP
                             if j + width <= j_hi:
                                 _gemm_tile(LANES, V_TILE, False, x2, vals, idx, ptr[b], ptr[b + 1], bias[b * GROUP:],
-                                           act, clamp, buf[o:], 0, j, j - a1, j_hi)
+                                           act, clamp, buf[o:], None, 0, j, j - a1, j_hi)
                             else:
                                 _gemm_tile(LANES, V_TILE, True, x2, vals, idx, ptr[b], ptr[b + 1], bias[b * GROUP:],
-                                           act, clamp, buf[o:], 0, j, j - a1, j_hi)
+                                           act, clamp, buf[o:], None, 0, j, j - a1, j_hi)
                 for c in range(b0 * GROUP, min(C, b1 * GROUP)):
                     _dw_plane(bufl, zero, (c - first * GROUP) * RW + r_lo * W - a1, W, pt + r_lo - o0 * sh, sh, sw,
                               dh, r_hi - r_lo, kh, coff, W, w, c * kh * kw, dbias[c], dact, outf, (c * OH + o0) * OW,

@@ -24,11 +24,12 @@ def apply_act(y, act, out):
         np.clip(out, lo, hi, out=out)
 
 
-def conv_gemm(x, vals, idx, ptr, bias, act, out):
-    """out f32[Cout, P] = act(W @ x + bias) for x f32[K, P], W [Cout, K] in the block layout
-    (vals f32[nnz, GROUP], idx i32[nnz], ptr i32[nb + 1]: entries ptr[0] .. ptr[nb] - 1, so one
-    group's slice of a grouped conv's ptr); bias f32[nb * GROUP]; act f32[5]. W is rebuilt
-    dense here; einsum rather than @ (no BLAS under Pyodide)."""
+def conv_gemm(x, vals, idx, ptr, bias, act, out, res=None):
+    """out f32[Cout, P] = act(W @ x + bias) (+ res f32[Cout, P] when given) for x f32[K, P],
+    W [Cout, K] in the block layout (vals f32[nnz, GROUP], idx i32[nnz], ptr i32[nb + 1]:
+    entries ptr[0] .. ptr[nb] - 1, so one group's slice of a grouped conv's ptr); bias
+    f32[nb * GROUP]; act f32[5]. W is rebuilt dense here; einsum rather than @ (no BLAS under
+    Pyodide)."""
     nb = len(ptr) - 1
     cout, k = out.shape[0], x.shape[0]
     w = np.zeros((nb, k, GROUP), np.float32)
@@ -37,6 +38,8 @@ def conv_gemm(x, vals, idx, ptr, bias, act, out):
     np.einsum("ok,kp->op", w, x, out=out)
     out += bias[:cout, None]
     apply_act(out, act, out)
+    if res is not None:
+        out += res
 
 
 def _padded_image(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
