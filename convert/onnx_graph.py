@@ -827,7 +827,8 @@ def fuse_residual_add(program: dict) -> dict:
             conv = merged.get(j, ops[j]) if j is not None else None
             if (conv is not None and conv["op"] == "conv" and conv["attrs"]["kind"] == "gemm"
                     and conv["attrs"]["group"] == 1 and len(conv["in"]) == 1 and readers[mid] == 1
-                    and mid not in program["outputs"] and values[mid] == values[res]
+                    and mid not in program["outputs"]
+                    and values[mid] == (values[res] if res in values else program["inputs"][res]["shape"])
                     and where.get(res, -1) < j):
                 merged[j] = {**conv, "in": [conv["in"][0], res], "out": op["out"]}
                 values.pop(mid)

@@ -1,0 +1,50 @@
+"""Graph fusions of the ONNX converter on a small graph, against onnxruntime: a residual Add
+goes into the 1x1 conv before it only when nothing else reads the conv's output and the other
+operand already exists when the conv runs."""
+import importlib.util
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="the onnx package converts ONNX graphs (pip install onnx)")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import edgert  # noqa: E402
+from edgert.convert.onnx_graph import convert_onnx  # noqa: E402
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+BACKENDS = ["ref", pytest.param("jit", marks=pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed"))]
+SHAPE = [1, 8, 6, 7]
+
+
+def _residual_graph(path):
+    """y1 = conv_a(x) + x (fusable); y2 = conv_b(y1) + y1 with conv_b's output also read by a
+    Relu (not fusable); y3 = conv_c(y2) + relu(y2), the Relu placed after conv_c (not
+    fusable); z = y3 + relu(conv_b(y1))."""
+    rng = np.random.default_rng(3)
+    inits = {k: (rng.standard_normal((8, 8, 1, 1)) / 3).astype(np.float32) for k in ("wa", "wb", "wc")}
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"]), helper.make_node("Add", ["a", "x"], ["y1"]),
+             helper.make_node("Conv", ["y1", "wb"], ["b"]), helper.make_node("Add", ["b", "y1"], ["y2"]),
+             helper.make_node("Relu", ["b"], ["rb"]),
+             helper.make_node("Conv", ["y2", "wc"], ["c"]), helper.make_node("Relu", ["y2"], ["r"]),
+             helper.make_node("Add", ["c", "r"], ["y3"]), helper.make_node("Add", ["y3", "rb"], ["z"])]
+    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, SHAPE)],
+                              [numpy_helper.from_array(a, k) for k, a in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_residual_add_fuses_only_where_it_may(tmp_path, backend):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference (pip install '.[oracle]')")
+    src = _residual_graph(tmp_path / "r.onnx")
+    convert_onnx(src, str(tmp_path / "r.edge"), progress=False)
+    m = edgert.load(str(tmp_path / "r.edge"), backend=backend)
+    ops = m.program["ops"]
+    assert [len(op["in"]) for op in ops if op["op"] == "conv"] == [2, 1, 1]
+    assert sum(op["op"] == "binary" for op in ops) == 3
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
+        np.testing.assert_allclose(m.run({"x": x})["z"], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
