@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import interpreter
+from .errors import EdgeError
 from .kernels.ref.conv import GROUP, apply_act
 from .kernels.ref.pool import pool
 
@@ -49,7 +50,13 @@ def _bind_conv(it, op, st):
     out2 = out.reshape(n, cout, oh * ow)
     if a["kind"] == "gemm":
         x2 = x.reshape(n, c, -1)
-        res2 = st.env[op["in"][1]].reshape(n, cout, -1) if len(op["in"]) > 1 else [None] * n
+        res2 = [None] * n
+        if len(op["in"]) > 1:
+            res = st.env[op["in"][1]]
+            if res.shape != out.shape:
+                raise EdgeError(f"corrupt program: conv {op['out'][0]!r} adds a residual of shape {res.shape} "
+                                f"to an output of shape {out.shape}")
+            res2 = res.reshape(n, cout, -1)
 
         def run():
             for i in range(n):
