@@ -775,6 +775,15 @@ FUSE_MIN_BYTES = 2 << 20  # expanded maps (float32, one image) at least this lar
 #                           stay in cache between the two ops, and fused they ran 0-7% slower (docs/CNN.md)
 
 
+def _readers(ops: list) -> dict:
+    """{value: how many op inputs read it}."""
+    readers = {}
+    for op in ops:
+        for v in op["in"]:
+            readers[v] = readers.get(v, 0) + 1
+    return readers
+
+
 def fuse_expand_depthwise(program: dict, min_bytes: int = FUSE_MIN_BYTES) -> dict:
     """The program with each 1x1 conv (kind gemm) whose output, of at least min_bytes per image,
     is read by a depthwise conv (column stride 1 or 2) and nothing else merged with it into one
@@ -782,11 +791,8 @@ def fuse_expand_depthwise(program: dict, min_bytes: int = FUSE_MIN_BYTES) -> dic
     activation (as `expand_act`); the depthwise conv's output, attributes and weights (as
     dw_weight, dw_bias). The expanded map between them is no longer a value (the kernel
     computes it in bands of rows that stay in cache)."""
-    ops, values, readers = program["ops"], dict(program["values"]), {}
-    for op in ops:
-        for v in op["in"]:
-            readers[v] = readers.get(v, 0) + 1
-    producer, kept = {}, []
+    ops, values = program["ops"], dict(program["values"])
+    readers, producer, kept = _readers(ops), {}, []
     for op in ops:
         a, mid = op["attrs"], op["in"][0] if op["in"] else None
         src = producer.get(mid)
@@ -811,12 +817,8 @@ def fuse_residual_add(program: dict) -> dict:
     made, and on two threads half of the conv's output is no longer pulled from the other
     core's cache by a separate add. The other value must be defined before the conv runs."""
     ops, values = program["ops"], dict(program["values"])
-    readers, where = {}, {}
-    for i, op in enumerate(ops):
-        for v in op["in"]:
-            readers[v] = readers.get(v, 0) + 1
-        for v in op["out"]:
-            where[v] = i
+    readers = _readers(ops)
+    where = {v: i for i, op in enumerate(ops) for v in op["out"]}
     merged, dropped = {}, set()
     for i, op in enumerate(ops):
         if op["op"] != "binary" or op["attrs"]["fn"] != "add" or len(set(op["in"])) != 2:

@@ -80,9 +80,8 @@ def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, clamp, 
     """out[o0 + g, jo : jo + V*L] = act(bias[o0 + g] + sum over k in [k0, k1) of
     vals[k, g] * x[idx[k], j0 : j0 + V*L]) (+ res[o0 + g, jo : ...] unless res is None) for
     g < GROUP and o0 + g < out rows. x f32[K, P], out and res f32[Cout, Q], vals f32[nnz,
-    GROUP] C-contiguous, idx i32, bias f32[>= o0 + GROUP],
-    act f32[5]; clamp (bool): act is a plain clamp (a = 1, b = 0, m = 0: identity, relu,
-    relu6), applied as max and min alone. L lanes, V vectors (literals); masked (literal
+    GROUP] C-contiguous, idx i32, bias f32[>= o0 + GROUP], act f32[5]; clamp (bool): act is a
+    plain clamp (a = 1, b = 0, m = 0: identity, relu, relu6), applied as max and min alone. L lanes, V vectors (literals); masked (literal
     bool): only the columns j0 + t < jend are loaded and stored (the last tile), else all V*L
     columns must lie inside both arrays. conv_gemm passes jo = j0, jend = P; conv_gemm_dw
     writes a band of x's columns into its own buffer."""
