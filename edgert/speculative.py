@@ -213,7 +213,8 @@ class ModelDrafter(Drafter):
     decodes plainly, the worker keeps the draft in step with the accepted tokens instead (and one
     guessed token ahead), so a later probe pays no catch-up, which the planner would count as
     drafting cost and then keep declining. Pays when a core is free beside the target's
-    threads, and most when the target waits on storage."""
+    threads, and most when the target waits on storage. The drafting that the target waits
+    for (after a rejection) uses that core too: the draft's threads plus one."""
 
     def __init__(self, model, width: int = 3, depth: int = 8, budget: int = 16, min_p: float = 0.05,
                  branch_p: float = 0.8, threshold: float = 0.3, pipeline: bool = False):
@@ -225,6 +226,7 @@ class ModelDrafter(Drafter):
         self.tops: dict[int, tuple] = {}  # i -> (ids, probs): the draft's candidates after seen[:i + 1]
         self.spine_len = 0
         self._worker = ThreadPoolExecutor(1, initializer=kernels.set_threads, initargs=(1,)) if pipeline else None
+        self.serial_threads = model.threads + (1 if pipeline else 0)  # while the target waits for the draft
         self._ahead = None   # the running lookahead (a Future) and its stop flag
         self._stop = threading.Event()
 
@@ -261,6 +263,10 @@ class ModelDrafter(Drafter):
     def draft(self, history: list[int], sampler: Sampler) -> TokenTree:
         """A tree rooted at history[-1] (the pending token)."""
         self._join()
+        with kernels.threads(self.serial_threads):
+            return self._draft(history, sampler)
+
+    def _draft(self, history: list[int], sampler: Sampler) -> TokenTree:
         tree = TokenTree(history[-1])
         self.spine_len = 0
         k = min(self.planner.spine(), self.cache.capacity - len(history))

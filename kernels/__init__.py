@@ -5,6 +5,7 @@ with the same names and signatures, which also run under Pyodide).
 """
 import importlib
 import os
+from contextlib import contextmanager
 
 BACKENDS = ("jit", "ref")
 
@@ -51,3 +52,16 @@ def set_threads(n):
     numba = _numba()
     if numba is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+@contextmanager
+def threads(n):
+    """Run this thread's kernels on n threads inside the with-block, then restore the count
+    it had (Numba's count is per calling thread)."""
+    numba = _numba()
+    before = numba.get_num_threads() if numba is not None else 1
+    set_threads(n)
+    try:
+        yield
+    finally:
+        set_threads(before)

@@ -65,6 +65,10 @@ def test_load_and_threads(monkeypatch):
         assert numba.get_num_threads() == 1
         kernels.set_threads(64)
         assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+        kernels.set_threads(1)
+        with kernels.threads(2):  # for one block, then back to what this thread had
+            assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+        assert numba.get_num_threads() == 1
 
 
 def test_without_numba(monkeypatch):
@@ -74,6 +78,8 @@ def test_without_numba(monkeypatch):
     with pytest.raises(ImportError, match="backend 'jit' needs numba"):
         kernels.load("jit")
     kernels.set_threads(2)  # no-op
+    with kernels.threads(2):  # no-op
+        pass
 
 
 # --- quantized products -----------------------------------------------------------------------

@@ -75,14 +75,44 @@ def _vector_fns(builder, nl):
             fn(f"llvm.masked.store.v{nl}f32.p0", ir.VoidType(), [fv, ptrty, _I32, bv]))
 
 
+def _activation(builder, nl, act_p, clamp):
+    """f(y) for <nl x float> y: act(y) = min(max(a*y + b, lo), hi) * (m*y + 1 - m), act_p ->
+    f32[5] (a, b, lo, hi, m); where clamp (i1, known per call) says a = 1, b = 0, m = 0
+    (identity, relu, relu6), as max and min alone: in each tile's epilogue the general form
+    costs as much as a 3x3 depthwise tile's FMAs per row."""
+    fv = ir.VectorType(_F32, nl)
+    fma, vmax, vmin = _vector_fns(builder, nl)[:3]
+
+    def splat(i):
+        v = builder.insert_element(ir.Constant(fv, ir.Undefined), builder.load(builder.gep(act_p, [ir.Constant(
+            _I64, i)])), ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, nl), [0] * nl))
+    a, b, lo, hi, m = (splat(i) for i in range(5))
+    one_minus_m = builder.fsub(ir.Constant(fv, [1.0] * nl), m)
+
+    def f(y):
+        with builder.if_else(clamp) as (plain, general):
+            with plain:
+                t_plain = builder.call(vmin, [builder.call(vmax, [y, lo]), hi])
+                blk_plain = builder.block
+            with general:
+                t = builder.call(vmin, [builder.call(vmax, [builder.call(fma, [y, a, b]), lo]), hi])
+                t_general = builder.fmul(t, builder.call(fma, [y, m, one_minus_m]))
+                blk_general = builder.block
+        t = builder.phi(fv)
+        t.add_incoming(t_plain, blk_plain)
+        t.add_incoming(t_general, blk_general)
+        return t
+    return f
+
+
 @intrinsic(prefer_literal=True)
 def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, clamp, out, res, o0, j0, jo, jend):
     """out[o0 + g, jo : jo + V*L] = act(bias[o0 + g] + sum over k in [k0, k1) of
     vals[k, g] * x[idx[k], j0 : j0 + V*L]) (+ res[o0 + g, jo : ...] unless res is None) for
     g < GROUP and o0 + g < out rows. x f32[K, P], out and res f32[Cout, Q], vals f32[nnz,
-    GROUP] C-contiguous, idx i32, bias f32[>= o0 + GROUP], act f32[5]; clamp (bool): act is a
-    plain clamp (a = 1, b = 0, m = 0: identity, relu, relu6), applied as max and min alone. L lanes, V vectors (literals); masked (literal
-    bool): only the columns j0 + t < jend are loaded and stored (the last tile), else all V*L
+    GROUP] C-contiguous, idx i32, bias f32[>= o0 + GROUP], act f32[5] (clamp: see
+    _activation). L lanes, V vectors (literals); masked (literal bool): only the columns j0 + t < jend are loaded and stored (the last tile), else all V*L
     columns must lie inside both arrays. conv_gemm passes jo = j0, jend = P; conv_gemm_dw
     writes a band of x's columns into its own buffer."""
     if not all(isinstance(a, (types.IntegerLiteral, types.BooleanLiteral)) for a in (L, V, masked)):
@@ -104,7 +134,7 @@ def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, clamp, 
         def c64(v):
             return ir.Constant(_I64, v)
 
-        fma, vmax, vmin, mload, mstore = _vector_fns(builder, nl)
+        fma, _, _, mload, mstore = _vector_fns(builder, nl)
         ptrty = fv.as_pointer()
 
         def splat(s):
@@ -141,25 +171,13 @@ def _gemm_tile(typingctx, L, V, masked, x, vals, idx, k0, k1, bias, act, clamp, 
                 w = splat(builder.load(builder.gep(vals_p, [builder.add(kg, c64(g))])))
                 for v in range(nv):
                     builder.store(builder.call(fma, [xs[v], w, builder.load(accs[g][v])]), accs[g][v])
-        a, b, lo, hi, m = (splat(builder.load(builder.gep(act_p, [c64(i)]))) for i in range(5))
-        one_minus_m = builder.fsub(splat(ir.Constant(_F32, 1.0)), m)
+        activate = _activation(builder, nl, act_p, clamp)
         for g in range(GROUP):
             row = builder.add(o0_, c64(g))
             with builder.if_then(builder.icmp_signed("<", row, cout)):
                 base = builder.add(builder.mul(row, Q), jo_)
                 for v in range(nv):
-                    y = builder.load(accs[g][v])
-                    with builder.if_else(clamp) as (plain, general):
-                        with plain:
-                            t_plain = builder.call(vmin, [builder.call(vmax, [y, lo]), hi])
-                            blk_plain = builder.block
-                        with general:
-                            t = builder.call(vmin, [builder.call(vmax, [builder.call(fma, [y, a, b]), lo]), hi])
-                            t_general = builder.fmul(t, builder.call(fma, [y, m, one_minus_m]))
-                            blk_general = builder.block
-                    t = builder.phi(fv)
-                    t.add_incoming(t_plain, blk_plain)
-                    t.add_incoming(t_general, blk_general)
+                    t = activate(builder.load(accs[g][v]))
                     if residual:
                         t = builder.fadd(t, load(res_p, builder.add(base, c64(v * nl)), v))
                     dst = vptr(out_p, builder.add(base, c64(v * nl)))
@@ -197,10 +215,7 @@ def _gemv_block(typingctx, U, x, vals, idx, k0, k1, bias, act, out, o0):
             v = builder.insert_element(ir.Constant(gv, ir.Undefined), s, ir.Constant(_I32, 0))
             return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, GROUP), [0] * GROUP))
 
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(gv, [gv, gv, gv]),
-                                             f"llvm.fmuladd.v{GROUP}f32")
-        vmax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(gv, [gv, gv]), f"llvm.maxnum.v{GROUP}f32")
-        vmin = cgutils.get_or_insert_function(builder.module, ir.FunctionType(gv, [gv, gv]), f"llvm.minnum.v{GROUP}f32")
+        fma = _vector_fns(builder, GROUP)[0]
 
         def vload(base, off):
             return builder.load(builder.bitcast(builder.gep(base, [off]), gv.as_pointer()), align=4)
@@ -221,9 +236,7 @@ def _gemv_block(typingctx, U, x, vals, idx, k0, k1, bias, act, out, o0):
         y = vload(bias_p, o0_)
         for u in range(nu):
             y = builder.fadd(y, builder.load(accs[u]))
-        a, b, lo, hi, m = (splat(builder.load(builder.gep(act_p, [c64(i)]))) for i in range(5))
-        t = builder.call(vmin, [builder.call(vmax, [builder.call(fma, [y, a, b]), lo]), hi])
-        t = builder.fmul(t, builder.call(fma, [y, m, builder.fsub(splat(ir.Constant(_F32, 1.0)), m)]))
+        t = _activation(builder, GROUP, act_p, ir.Constant(ir.IntType(1), 0))(y)
         for g in range(GROUP):
             row = builder.add(o0_, c64(g))
             with builder.if_then(builder.icmp_signed("<", row, cout)):
@@ -232,6 +245,12 @@ def _gemv_block(typingctx, U, x, vals, idx, k0, k1, bias, act, out, o0):
 
     sig = types.void(U, x, vals, idx, k0, k1, bias, act, out, o0)
     return sig, codegen
+
+
+@njit(inline="always")
+def _is_clamp(act):
+    """act f32[5] is a plain clamp (a = 1, b = 0, m = 0): see _activation."""
+    return act[0] == 1 and act[1] == 0 and act[4] == 0
 
 
 GEMV_ACCS = 4  # accumulators of _gemv_block
@@ -258,7 +277,7 @@ def conv_gemm(x, vals, idx, ptr, bias, act, out, res=None):
         if res is not None:
             out += res
         return
-    clamp = act[0] == 1 and act[1] == 0 and act[4] == 0
+    clamp = _is_clamp(act)
     width = LANES * V_TILE
     full = P // width
     ntiles = (P + width - 1) // width
@@ -276,19 +295,19 @@ def conv_gemm(x, vals, idx, ptr, bias, act, out, res=None):
 
 
 _DW_TILE_ARGS = ("L", "R", "KH", "SH", "SW", "masked", "src", "zero", "base", "pitch", "ih0", "sh", "dh", "H", "kh",
-                 "coff", "W", "w", "w0", "bias", "act", "j0", "out", "dst0", "ow", "nvalid", "nrows")
+                 "coff", "W", "w", "w0", "bias", "act", "clamp", "j0", "out", "dst0", "ow", "nvalid", "nrows")
 
 
 @intrinsic(prefer_literal=True)
 def _dw_tile(typingctx, L, R, KH, SH, SW, masked, src, zero, base, pitch, ih0, sh, dh, H, kh, coff, W, w, w0, bias, act,
-             j0, out, dst0, ow, nvalid, nrows):
+             clamp, j0, out, dst0, ow, nvalid, nrows):
     """One depthwise tile, R output rows x L columns: for r < min(R, nrows), l < min(L, nvalid),
     out[dst0 + r*ow + l] = act(bias + sum over i < kh, j < len(coff) of w[w0 + i*len(coff) + j]
     * row(ih0 + r*sh + i*dh)[SW*(j0 + l) + coff[j]]), where row(ih) = src[base + ih*pitch:] for
     0 <= ih < H and zero (zeros) otherwise. A tap's SW*L columns from SW*j0 + coff[j] on are
     loaded as SW vectors (lanes 0, SW, ... picked by a shuffle when SW = 2); masked: those
     outside [0, W) read 0 (masked loads), else all must lie inside src. src, zero, w, out f32
-    C-contiguous (flat indices), coff i64, bias f32, act f32[5]; L lanes, R rows, KH, SH,
+    C-contiguous (flat indices), coff i64, bias f32, act f32[5] (clamp: as in _activation); L lanes, R rows, KH, SH,
     SW (1 or 2) and masked literals. The R accumulators stay in registers over all taps; one
     store per row. KH > 0 promises kh == KH, sh == SH and dh == 1: the tap rows are then
     unrolled and each of the (R - 1)*SH + KH image rows is loaded once per tap column for all
@@ -316,7 +335,7 @@ def _dw_tile(typingctx, L, R, KH, SH, SW, masked, src, zero, base, pitch, ih0, s
         def c64(v):
             return ir.Constant(_I64, v)
 
-        fma, vmax, vmin, mload, mstore = _vector_fns(builder, nl)
+        fma, _, _, mload, mstore = _vector_fns(builder, nl)
         ptrty = fv.as_pointer()
 
         def splat(s, ty=fv):
@@ -366,15 +385,13 @@ def _dw_tile(typingctx, L, R, KH, SH, SW, masked, src, zero, base, pitch, ih0, s
                 with cgutils.for_range(builder, kw) as lj:
                     wv = weight(i, lj.index)
                     tap_column(rows, [[(r, wv)] for r in range(nr)], lj.index)
-        a, b, lo, hi, m = (splat(builder.load(builder.gep(act_p, [c64(k)]))) for k in range(5))
-        one_minus_m = builder.fsub(splat(ir.Constant(_F32, 1.0)), m)
+        activate = _activation(builder, nl, act_p, context.cast(builder, arg["clamp"], sig.args[
+            _DW_TILE_ARGS.index("clamp")], types.boolean))
         stored = builder.icmp_signed("<", lane, splat(nvalid_, iv))
         full = builder.icmp_signed(">=", nvalid_, c64(nl))
         for r in range(nr):
             with builder.if_then(builder.icmp_signed("<", c64(r), nrows_)):
-                y = builder.load(accs[r])
-                v = builder.call(vmin, [builder.call(vmax, [builder.call(fma, [y, a, b]), lo]), hi])
-                v = builder.fmul(v, builder.call(fma, [y, m, one_minus_m]))
+                v = activate(builder.load(accs[r]))
                 dst = builder.bitcast(builder.gep(out_p, [builder.add(dst0_, builder.mul(ow_, c64(r)))]), ptrty)
                 with builder.if_else(full) as (then, otherwise):
                     with then:
@@ -384,7 +401,7 @@ def _dw_tile(typingctx, L, R, KH, SH, SW, masked, src, zero, base, pitch, ih0, s
         return context.get_dummy_value()
 
     sig = types.void(L, R, KH, SH, SW, masked, src, zero, base, pitch, ih0, sh, dh, H, kh, coff, W, w, w0, bias, act,
-                     j0, out, dst0, ow, nvalid, nrows)
+                     clamp, j0, out, dst0, ow, nvalid, nrows)
     return sig, codegen
 
 
@@ -436,6 +453,9 @@ def _phase_split(buf, d, QW, starts, x, s0, H, W, sw):
 DW_LANES = 8  # columns per depthwise tile, even with AVX-512: rows of 7-28 pixels would leave
 #               much of 16 lanes idle (16 lanes: EfficientNet-Lite0's depthwise layers 5% slower)
 DW_ROWS = 8  # output rows per depthwise tile (its accumulators)
+SPLIT_MIN_WIDTH = 48  # stride-2 depthwise convs on images this wide read column phases: EfficientNet-Lite0's
+#                     5x5 56 -> 28, 1 thread: 0.25 -> 0.16 ms; on 28- and 14-wide images the split cost more
+#                     than the two loads and a shuffle per row that the direct tiles pay (0.048 -> 0.075 ms)
 DW_ITEMS = 8  # parallel work items (with column phases, each zeroes its own buffer once)
 
 
@@ -444,28 +464,35 @@ def _dw_channel(KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, 
                 lo, hi):
     """Every tile of one output channel (out[dst0:], OH x OW); a tile whose loaded columns
     SW*j0 + [0, SW*DW_LANES) lie in [lo, hi) loads plainly, the others with masks. See _dw_tile."""
+    clamp = _is_clamp(act)
     for oh0 in range(0, OH, DW_ROWS):
         for j0 in range(0, OW, DW_LANES):
             d = dst0 + oh0 * OW + j0
             if lo <= SW * j0 and SW * (j0 + DW_LANES) <= hi:
                 _dw_tile(DW_LANES, DW_ROWS, KH, SH, SW, False, src, zero, base, pitch, oh0 * sh - pt, sh, dh, H, kh,
-                         coff, W, w, w0, bias, act, j0, out, d, OW, OW - j0, OH - oh0)
+                         coff, W, w, w0, bias, act, clamp, j0, out, d, OW, OW - j0, OH - oh0)
             else:
                 _dw_tile(DW_LANES, DW_ROWS, KH, SH, SW, True, src, zero, base, pitch, oh0 * sh - pt, sh, dh, H, kh,
-                         coff, W, w, w0, bias, act, j0, out, d, OW, OW - j0, OH - oh0)
+                         coff, W, w, w0, bias, act, clamp, j0, out, d, OW, OW - j0, OH - oh0)
 
 
 @njit(inline="always")
 def _dw_plane(src, zero, base, pitch, pt, sh, sw, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi):
-    """_dw_channel with the tile variant for this kernel: unrolled for 3x3 / 5x5 at row stride
-    = column stride 1 or 2 without row dilation, else the general tile (column stride 1 or 2)."""
-    if kh == 3 and sh == 1 and sw == 1 and dh == 1:
+    """_dw_channel with the tile variant for this kernel: unrolled for 3x3 / 5x5 at row stride 1
+    (column stride 1) or 2 (column stride 1 or 2) without row dilation, else the general tile
+    (column stride 1 or 2). sw is the stride between the columns the tile loads: 1 where
+    the image was split into column phases."""
+    if dh == 1 and sh == 1 and sw == 1 and kh == 3:
         _dw_channel(3, 1, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-    elif kh == 5 and sh == 1 and sw == 1 and dh == 1:
+    elif dh == 1 and sh == 1 and sw == 1 and kh == 5:
         _dw_channel(5, 1, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-    elif kh == 3 and sh == 2 and sw == 2 and dh == 1:
+    elif dh == 1 and sh == 2 and sw == 1 and kh == 3:
+        _dw_channel(3, 2, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
+    elif dh == 1 and sh == 2 and sw == 1 and kh == 5:
+        _dw_channel(5, 2, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
+    elif dh == 1 and sh == 2 and sw == 2 and kh == 3:
         _dw_channel(3, 2, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-    elif kh == 5 and sh == 2 and sw == 2 and dh == 1:
+    elif dh == 1 and sh == 2 and sw == 2 and kh == 5:
         _dw_channel(5, 2, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
     elif sw == 2:
         _dw_channel(0, 0, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
@@ -490,17 +517,18 @@ def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
     w f32[C, kh*kw], bias f32[C], act f32[5]; x, w, out C-contiguous.
 
     In tiles of DW_ROWS output rows x DW_LANES columns (_dw_tile); taps in rows outside the
-    image read a zero row. Column stride 1 or 2: the tiles read x itself, with masked loads
-    where a tap's columns leave the image. Kernel heights 3 and 5 at row stride 1 or 2
-    (= column stride, no row dilation) have their own unrolled tiles. Other column strides:
-    each channel is first split into sw zero-padded column phases (_phase_split), so that a
-    tap's DW_LANES columns are contiguous in phase (j*dw) % sw from (j*dw) // sw on."""
+    image read a zero row. Column stride 1, or 2 on images narrower than SPLIT_MIN_WIDTH: the
+    tiles read x itself, with masked loads where a tap's columns leave the image. Kernel
+    heights 3 and 5 at row stride 1 or 2 (no row dilation) have their own unrolled tiles.
+    Other column strides: each channel is first split into sw zero-padded column phases
+    (_phase_split), so that a tap's DW_LANES columns are contiguous in phase (j*dw) % sw from
+    (j*dw) // sw on."""
     C, H, W = x.shape
     OH, OW = out.shape[1], out.shape[2]
     if w.shape[0] != C or w.shape[1] != kh * kw or out.shape[0] != C or bias.shape[0] < C:
         raise ValueError("depthwise_conv: shapes do not match")
     xf = x.reshape(-1)
-    split = sw > 2
+    split = sw > 2 or (sw == 2 and W >= SPLIT_MIN_WIDTH)
     QW, plane, coff, starts = _phases(H, W, OW, kw, sw if split else 1, pl, dw)
     pitch, lo, hi = QW, 0, 1 << 62  # from phases: every tile reads inside them
     if not split:  # the tiles read x itself
@@ -516,8 +544,8 @@ def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
             if split:
                 _phase_split(buf, 0, QW, starts, xf, base, H, W, sw)
                 base = 0
-            _dw_plane(src, zero, base, pitch, pt, sh, sw, dh, H, kh, coff, W, w, c * kh * kw, bias[c], act, out,
-                      c * OH * OW, OH, OW, lo, hi)
+            _dw_plane(src, zero, base, pitch, pt, sh, 1 if split else sw, dh, H, kh, coff, W, w, c * kh * kw, bias[c],
+                      act, out, c * OH * OW, OH, OW, lo, hi)
 
 
 GEMM_DW_CHANNELS = 32  # channels per step of a conv_gemm_dw band (expanded, then convolved, in cache)
@@ -587,7 +615,7 @@ def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl,
     while BR < OH and _band_rows(BR + DW_ROWS, H, kh, sh, dh) * W + LANES <= RW:
         BR += DW_ROWS
     x2 = x.reshape(K, H * W)
-    clamp = act[0] == 1 and act[1] == 0 and act[4] == 0
+    clamp = _is_clamp(act)
     width = LANES * V_TILE
     coff, lo, hi = _direct_columns(kw, pl, dw, W)
     zero = np.zeros(W + 2 * DW_LANES, np.float32)
