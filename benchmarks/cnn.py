@@ -6,7 +6,7 @@ drift of pruning.
                              [--sparsity 0.3 0.5 0.7] [--iters 40] [--no-fuse]
 
 Prints one JSON object. All configurations run in this one process, measured in interleaved
-bursts (see timed_rounds; median per configuration), so machine noise hits them alike; compare
+bursts (see timed_rounds: median over rounds of each burst's fastest call), so machine noise hits them alike; compare
 ratios within a run. Per model and thread count: ms per image of onnxruntime
 (CPUExecutionProvider, intra_op_num_threads = threads), edgert dense, edgert at each group
 sparsity (every GEMM-shaped weight pruned: the 1x1 convs, the im2col convs such as the stem,
@@ -63,18 +63,23 @@ def photos():
 
 
 def timed_rounds(fns: dict, iters: int, burst: int = 4) -> dict:
-    """{name: median seconds of one call}: rounds of `burst` calls of each configuration in
-    turn, after a pause and one untimed call (so that one engine's idle threads, which spin
-    for a while after a call, do not land in the other's figures)."""
+    """{name: seconds of one call}: rounds of `burst` calls of each configuration in turn,
+    after a pause and one untimed call (so that one engine's idle threads, which spin for a
+    while after a call, do not land in the other's figures); a configuration's figure is the
+    median over the rounds of each burst's fastest call. Other jobs on a shared machine only
+    ever add time: the fastest of a burst drops a call they hit, the median a round they
+    slowed throughout."""
     times = {k: [] for k in fns}
     for _ in range(max(1, iters // burst)):
         for k, f in fns.items():
             time.sleep(0.05)
             f()
+            best = float("inf")
             for _ in range(burst):
                 t = time.perf_counter()
                 f()
-                times[k].append(time.perf_counter() - t)
+                best = min(best, time.perf_counter() - t)
+            times[k].append(best)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 

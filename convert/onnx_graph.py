@@ -771,8 +771,8 @@ def _prune_layer(op: dict, weights: tuple, pairs: list, k: int, shape: list, spa
     return new
 
 
-FUSE_MIN_BYTES = 2 << 20  # expanded maps (float32, one image) at least this large are fused: smaller ones
-#                           stay in cache between the two ops, and fused they ran 0-7% slower (docs/CNN.md)
+FUSE_MIN_BYTES = 256 << 10  # expanded maps (float32, one image) at least this large are fused; smaller ones
+#                             stay in L2 between the two ops, and fused they ran 0-4% slower on one thread (docs/CNN.md)
 
 
 def _readers(ops: list) -> dict:
