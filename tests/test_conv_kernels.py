@@ -107,7 +107,7 @@ def test_conv_gemm_on_a_slice_of_ptr(K, p):
     (3, 40, 45, 3, (2, 2), (1, 1, 1, 1), (1, 1)),   # stride 2 with tiles inside the image
     (2, 23, 41, 5, (2, 2), (2, 2, 2, 2), (1, 1)),
     (2, 50, 57, 5, (2, 2), (2, 2, 2, 2), (1, 1)),   # stride 2 on a wide image: column phases
-    (3, 49, 48, 3, (2, 2), (0, 0, 1, 1), (1, 1)),
+    (3, 49, 48, 3, (2, 2), (0, 0, 1, 1), (1, 1)),   # 3 tap columns: direct however wide
     (2, 20, 37, 5, (1, 1), (2, 2, 2, 2), (1, 1)),
     (3, 17, 30, 3, (1, 2), (1, 1, 1, 1), (1, 1)),   # mixed strides, either way
     (3, 17, 30, 3, (2, 1), (1, 1, 1, 1), (1, 1)),

@@ -453,9 +453,10 @@ def _phase_split(buf, d, QW, starts, x, s0, H, W, sw):
 DW_LANES = 8  # columns per depthwise tile, even with AVX-512: rows of 7-28 pixels would leave
 #               much of 16 lanes idle (16 lanes: EfficientNet-Lite0's depthwise layers 5% slower)
 DW_ROWS = 8  # output rows per depthwise tile (its accumulators)
-SPLIT_MIN_WIDTH = 48  # stride-2 depthwise convs on images this wide read column phases: EfficientNet-Lite0's
-#                     5x5 56 -> 28, 1 thread: 0.25 -> 0.16 ms; on 28- and 14-wide images the split cost more
-#                     than the two loads and a shuffle per row that the direct tiles pay (0.048 -> 0.075 ms)
+SPLIT_MIN_WIDTH = 48  # stride-2 depthwise convs with 5 or more tap columns on images this wide read column
+#                     phases: 144 x 56 x 56 5x5 -> 28, 1 thread, 0.19-0.22 -> 0.17 ms. With 3 tap columns the
+#                     split costs more than it saves at any width (96 x 112 x 112 3x3 -> 56: 0.22 -> 0.28-0.39
+#                     ms), and on 28- and 14-wide images even with 5 (5x5 14 -> 7: 0.069 -> 0.090 ms)
 DW_ITEMS = 8  # parallel work items (with column phases, each zeroes its own buffer once)
 
 
@@ -517,10 +518,10 @@ def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
     w f32[C, kh*kw], bias f32[C], act f32[5]; x, w, out C-contiguous.
 
     In tiles of DW_ROWS output rows x DW_LANES columns (_dw_tile); taps in rows outside the
-    image read a zero row. Column stride 1, or 2 on images narrower than SPLIT_MIN_WIDTH: the
-    tiles read x itself, with masked loads where a tap's columns leave the image. Kernel
-    heights 3 and 5 at row stride 1 or 2 (no row dilation) have their own unrolled tiles.
-    Other column strides: each channel is first split into sw zero-padded column phases
+    image read a zero row. Column stride 1, or 2 with fewer than 5 tap columns or on images
+    narrower than SPLIT_MIN_WIDTH: the tiles read x itself, with masked loads where a tap's
+    columns leave the image. Kernel heights 3 and 5 at row stride 1 or 2 (no row dilation) have their own unrolled tiles.
+    Otherwise each channel is first split into sw zero-padded column phases
     (_phase_split), so that a tap's DW_LANES columns are contiguous in phase (j*dw) % sw from
     (j*dw) // sw on."""
     C, H, W = x.shape
@@ -528,7 +529,7 @@ def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
     if w.shape[0] != C or w.shape[1] != kh * kw or out.shape[0] != C or bias.shape[0] < C:
         raise ValueError("depthwise_conv: shapes do not match")
     xf = x.reshape(-1)
-    split = sw > 2 or (sw == 2 and W >= SPLIT_MIN_WIDTH)
+    split = sw > 2 or (sw == 2 and kw >= 5 and W >= SPLIT_MIN_WIDTH)
     QW, plane, coff, starts = _phases(H, W, OW, kw, sw if split else 1, pl, dw)
     pitch, lo, hi = QW, 0, 1 << 62  # from phases: every tile reads inside them
     if not split:  # the tiles read x itself
