@@ -520,9 +520,10 @@ def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
     In tiles of DW_ROWS output rows x DW_LANES columns (_dw_tile); taps in rows outside the
     image read a zero row. Column stride 1, or 2 with fewer than 5 tap columns or on images
     narrower than SPLIT_MIN_WIDTH: the tiles read x itself, with masked loads where a tap's
-    columns leave the image. Kernel heights 3 and 5 at row stride 1 or 2 (no row dilation) have their own unrolled tiles.
-    Otherwise each channel is first split into sw zero-padded column phases
-    (_phase_split), so that a tap's DW_LANES columns are contiguous in phase (j*dw) % sw from
+    columns leave the image. Kernel heights 3 and 5 at row stride 1 or 2 (no row dilation)
+    have their own unrolled tiles. Otherwise each channel is first split into sw zero-padded
+    column phases (_phase_split), so that a tap's DW_LANES columns are contiguous in phase
+    (j*dw) % sw from
     (j*dw) // sw on."""
     C, H, W = x.shape
     OH, OW = out.shape[1], out.shape[2]
