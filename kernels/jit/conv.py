@@ -523,8 +523,7 @@ def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
     columns leave the image. Kernel heights 3 and 5 at row stride 1 or 2 (no row dilation)
     have their own unrolled tiles. Otherwise each channel is first split into sw zero-padded
     column phases (_phase_split), so that a tap's DW_LANES columns are contiguous in phase
-    (j*dw) % sw from
-    (j*dw) // sw on."""
+    (j*dw) % sw from (j*dw) // sw on."""
     C, H, W = x.shape
     OH, OW = out.shape[1], out.shape[2]
     if w.shape[0] != C or w.shape[1] != kh * kw or out.shape[0] != C or bias.shape[0] < C:
