@@ -62,14 +62,12 @@ def _bind_conv(it, op, st):
             for i in range(n):
                 K.conv_gemm(x2[i], vals, idx, ptr, bias, act, out2[i], res2[i])
         return run
-    cols = np.empty((cin * kh * kw, oh, ow), np.float32)
-    cols2 = cols.reshape(cin * kh * kw, oh * ow)
 
     def run():
         for i in range(n):
             for g, (p, b) in enumerate(parts):
-                K.im2col(x[i, g * cin:(g + 1) * cin], kh, kw, sh, sw, pt, pl, dh, dw, cols)
-                K.conv_gemm(cols2, vals, idx, p, b, act, out2[i, g * cg:(g + 1) * cg])
+                K.conv_direct(x[i, g * cin:(g + 1) * cin], kh, kw, sh, sw, pt, pl, dh, dw, vals, idx, p, b, act,
+                              out[i, g * cg:(g + 1) * cg])
     return run
 
 

@@ -165,27 +165,31 @@ def test_conv_gemm_dw(K, k, c, h, w, kh, stride, pads, dil, sparsity):
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("c,h,w,kh,kw,stride,pads,dil,groups,cout", [
-    (3, 15, 16, 3, 3, (2, 2), (0, 0, 1, 1), (1, 1), 1, 8),
-    (4, 9, 7, 2, 3, (1, 2), (1, 0, 0, 2), (2, 1), 2, 6),
-    (6, 8, 8, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 3, 9),
+@pytest.mark.parametrize("c,h,w,kh,kw,stride,pads,dil,groups,cout,sparsity,act", [
+    (3, 15, 16, 3, 3, (2, 2), (0, 0, 1, 1), (1, 1), 1, 8, 0.0, "identity"),
+    (3, 40, 37, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1, 16, 0.5, "relu6"),  # a stem: full and masked tiles
+    (4, 9, 7, 2, 3, (1, 2), (1, 0, 0, 2), (2, 1), 2, 6, 0.0, "identity"),
+    (6, 8, 8, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 3, 9, 0.0, "identity"),
+    (2, 20, 41, 5, 4, (3, 3), (2, 1, 2, 3), (1, 2), 1, 5, 0.3, "hardswish"),
 ])
-def test_im2col_then_gemm(K, c, h, w, kh, kw, stride, pads, dil, groups, cout):
-    rng = _rng("im2col", c, h, w, kh, kw, stride, groups)
+def test_conv_direct(K, c, h, w, kh, kw, stride, pads, dil, groups, cout, sparsity, act):
+    """A general (grouped, strided, dilated, padded) convolution, one conv_direct call per
+    group, against the direct float64 loops."""
+    rng = _rng("conv_direct", c, h, w, kh, kw, stride, groups, sparsity)
     x = rng.standard_normal((c, h, w)).astype(np.float32)
     wt = rng.standard_normal((cout, c // groups, kh, kw)).astype(np.float32)
-    bias = rng.standard_normal(cout).astype(np.float32)
-    want = _direct_conv(x.astype(np.float64), wt.astype(np.float64), bias, stride, pads, dil, groups)
-    oh, ow = want.shape[1:]
     cg, per = c // groups, cout // groups
-    out = np.empty((cout, oh * ow), np.float32)
-    cols = np.empty((cg * kh * kw, oh, ow), np.float32)
+    if sparsity:
+        wt = prune_groups(wt.reshape(cout, -1), sparsity).reshape(wt.shape)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    p, f = ACTS[act]
+    want = f(_direct_conv(x.astype(np.float64), wt.astype(np.float64), bias, stride, pads, dil, groups))
+    out = np.full(want.shape, np.nan, np.float32)
     for g in range(groups):
-        K.im2col(x[g * cg:(g + 1) * cg], kh, kw, *stride, pads[0], pads[1], *dil, cols)
         vals, idx, ptr, b = block_layout(wt[g * per:(g + 1) * per].reshape(per, -1), bias[g * per:(g + 1) * per])
-        K.conv_gemm(cols.reshape(len(cols), -1), vals, idx, ptr, b, np.array(ACTS["identity"][0], np.float32),
-                    out[g * per:(g + 1) * per])
-    np.testing.assert_allclose(out.reshape(want.shape), want, rtol=1e-5, atol=1e-4)
+        K.conv_direct(x[g * cg:(g + 1) * cg], kh, kw, *stride, pads[0], pads[1], *dil, vals, idx, ptr, b,
+                      np.array(p, np.float32), out[g * per:(g + 1) * per])
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1280, 1000), (3, 7, 5), (2, 64, 129)])

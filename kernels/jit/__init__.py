@@ -22,7 +22,7 @@ if numba.config.THREADING_LAYER == "default":
 
 from .activation import silu_mul, softmax  # noqa: E402
 from .attention import attention  # noqa: E402
-from .conv import conv_gemm, conv_gemm_dw, dense, depthwise_conv, gemm_dw_scratch, im2col  # noqa: E402
+from .conv import conv_direct, conv_gemm, conv_gemm_dw, dense, depthwise_conv, gemm_dw_scratch  # noqa: E402
 from .norm import rms_norm  # noqa: E402
 from .quant import QMATMUL, dequant_rows, isa, quantize_act  # noqa: E402
 from .rope import rope  # noqa: E402
@@ -34,4 +34,4 @@ qmatmul = QMATMUL[ISA]
 
 __all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax",
            "quantize_rows_i8", "matmul_rows_i8", "sparse_ffn", "conv_gemm", "conv_gemm_dw",
-           "gemm_dw_scratch", "depthwise_conv", "im2col", "dense"]
+           "gemm_dw_scratch", "depthwise_conv", "conv_direct", "dense"]

@@ -662,31 +662,50 @@ def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl,
 
 
 @njit(cache=True, nogil=True, fastmath=True, parallel=True)
-def im2col(x, kh, kw, sh, sw, pt, pl, dh, dw, cols):
-    """cols f32[C*kh*kw, OH, OW] from x f32[C, H, W]: row (c*kh + i)*kw + j holds
-    x[c, oh*sh - pt + i*dh, ow*sw - pl + j*dw], 0 outside the image. x, cols C-contiguous.
-    Each channel is first split into sw zero-padded column phases (_phase_split, as in
-    depthwise_conv), so that every output row is one contiguous copy."""
+def conv_direct(x, kh, kw, sh, sw, pt, pl, dh, dw, vals, idx, ptr, bias, act, out):
+    """out f32[Cout, OH, OW] = act(W @ cols + bias) for cols f32[C*kh*kw, OH*OW] the im2col
+    columns of x f32[C, H, W] (row (c*kh + i)*kw + j holds x[c, oh*sh - pt + i*dh, ow*sw - pl +
+    j*dw], 0 outside the image), W [Cout, C*kh*kw] in conv_gemm's block layout (one group);
+    act f32[5]. All C-contiguous.
+
+    The columns are never written: x is split once into sw zero-padded column phases with pt
+    zero rows above (_phases, _phase_split), where every column row is a run of OW floats per
+    output row, oh*sh*QW apart. idx is mapped to those runs' offsets at output (0, 0), and the
+    GEMM tile reads them from the phase buffer as if it were cols (a one-column x whose row
+    index is the offset). Work items: (output row, row block), row major."""
     C, H, W = x.shape
-    OH, OW = cols.shape[1], cols.shape[2]
-    QW, plane, coff, starts = _phases(H, W, OW, kw, sw, pl, dw)
+    cout, OH, OW = out.shape
+    nb = ptr.shape[0] - 1
+    if vals.shape[1] != GROUP or cout > nb * GROUP or bias.shape[0] < nb * GROUP:
+        raise ValueError("conv_direct: shapes do not match")
+    rows = max(H + pt, (OH - 1) * sh + (kh - 1) * dh + 1)
+    QW, plane, coff, starts = _phases(rows, W, OW, kw, sw, pl, dw)
     buf = np.zeros(C * sw * plane, np.float32)
     xf = x.reshape(-1)
     for c in prange(C):
-        _phase_split(buf, c * sw * plane, QW, starts, xf, c * H * W, H, W, sw)
-    cf = cols.reshape(-1)
-    for r in prange(C * kh * kw):
+        _phase_split(buf, c * sw * plane + pt * QW, QW, starts, xf, c * H * W, H, W, sw)
+    off = np.empty(idx.shape[0], np.int32)
+    for k in range(idx.shape[0]):
+        r = idx[k]
+        if r < 0 or r >= C * kh * kw:
+            raise ValueError("conv_direct: a weight column outside the image's taps")
         c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
-        for oh in range(OH):
-            ih = oh * sh - pt + i * dh
-            d = (r * OH + oh) * OW
-            if ih < 0 or ih >= H:
-                for t in range(OW):
-                    cf[np.uint64(d + t)] = 0
-                continue
-            s0 = c * sw * plane + ih * QW + coff[j]
-            for t in range(OW):
-                cf[np.uint64(d + t)] = buf[np.uint64(s0 + t)]
+        off[k] = c * sw * plane + i * dh * QW + coff[j]
+    xb = buf.reshape(-1, 1)
+    out2 = out.reshape(cout, OH * OW)
+    clamp = _is_clamp(act)
+    width = LANES * V_TILE
+    for item in prange(OH * nb):
+        oh = item // nb
+        b = item - oh * nb
+        j0 = oh * sh * QW
+        for t in range(0, OW, width):
+            if t + width <= OW:
+                _gemm_tile(LANES, V_TILE, False, xb, vals, off, ptr[b], ptr[b + 1], bias, act, clamp, out2, None,
+                           b * GROUP, j0 + t, oh * OW + t, j0 + OW)
+            else:
+                _gemm_tile(LANES, V_TILE, True, xb, vals, off, ptr[b], ptr[b + 1], bias, act, clamp, out2, None,
+                           b * GROUP, j0 + t, oh * OW + t, j0 + OW)
 
 
 DENSE_COLS = 512  # output columns per parallel work item

@@ -2,7 +2,7 @@
 (no BLAS there, 32-bit intp): einsum rather than @, few large calls."""
 from .activation import silu_mul, softmax
 from .attention import attention
-from .conv import conv_gemm, conv_gemm_dw, dense, depthwise_conv, gemm_dw_scratch, im2col
+from .conv import conv_direct, conv_gemm, conv_gemm_dw, dense, depthwise_conv, gemm_dw_scratch
 from .norm import rms_norm
 from .quant import dequant_rows, qmatmul, quantize_act
 from .rope import rope
@@ -11,4 +11,4 @@ from .sparse_ffn import sparse_ffn
 
 __all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax",
            "quantize_rows_i8", "matmul_rows_i8", "sparse_ffn", "conv_gemm", "conv_gemm_dw",
-           "gemm_dw_scratch", "depthwise_conv", "im2col", "dense"]
+           "gemm_dw_scratch", "depthwise_conv", "conv_direct", "dense"]

@@ -70,6 +70,16 @@ def im2col(x, kh, kw, sh, sw, pt, pl, dh, dw, cols):
         view[:, t] = tap
 
 
+def conv_direct(x, kh, kw, sh, sw, pt, pl, dh, dw, vals, idx, ptr, bias, act, out):
+    """out f32[Cout, OH, OW] = act(W @ im2col(x) + bias) for x f32[C, H, W], W [Cout, C*kh*kw]
+    in conv_gemm's block layout (one group), act f32[5]: a general convolution. This twin
+    writes the im2col columns; the Numba kernel reads them from the image."""
+    cout, oh, ow = out.shape
+    cols = np.empty((x.shape[0] * kh * kw, oh, ow), np.float32)
+    im2col(x, kh, kw, sh, sw, pt, pl, dh, dw, cols)
+    conv_gemm(cols.reshape(len(cols), -1), vals, idx, ptr, bias, act, out.reshape(cout, -1))
+
+
 def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
     """out f32[C, OH, OW] = act(bias[c] + sum over i < kh, j < kw of w[c, i*kw + j] *
     x[c, oh*sh - pt + i*dh, ow*sw - pl + j*dw]) (0 outside the image); x f32[C, H, W],
