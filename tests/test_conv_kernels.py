@@ -53,7 +53,7 @@ def _direct_conv(x, w, bias, stride, pads, dil, groups):
     return out
 
 
-@pytest.mark.parametrize("cout,k,p", [(4, 3, 1), (7, 5, 31), (16, 24, 33), (13, 40, 49), (64, 17, 257),
+@pytest.mark.parametrize("cout,k,p", [(4, 3, 1), (7, 5, 31), (16, 24, 33), (13, 40, 49), (64, 17, 257), (9, 11, 549),
                                       (1, 1, 16), (13, 7, 1), (66, 257, 1)])
 @pytest.mark.parametrize("sparsity", [0.0, 0.6])
 @pytest.mark.parametrize("act", list(ACTS))
