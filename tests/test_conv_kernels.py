@@ -152,6 +152,22 @@ def test_conv_gemm_dw(K, k, c, h, w, kh, stride, pads, dil, sparsity):
     w1 = rng.standard_normal((c, k)).astype(np.float32)
     if sparsity:
         w1 *= np.repeat(rng.random((-(-c // GROUP), k)) >= sparsity, GROUP, axis=0)[:c]
+    _check_gemm_dw(K, rng, x_shape=(k, h, w), w1=w1, kh=kh, stride=stride, pads=pads, dil=dil)
+
+
+def test_conv_gemm_dw_unequal_blocks(K):
+    """Row blocks of very unequal cost: the jit kernel's threads take runs of equal cost, not
+    length, up to the most its scratch holds (here the first quarter of the rows keeps every
+    column, the rest one each)."""
+    rng = _rng("gemm_dw unequal")
+    k, c = 64, 96
+    w1 = rng.standard_normal((c, k)).astype(np.float32)
+    w1[c // 4:, 1:] = 0
+    _check_gemm_dw(K, rng, x_shape=(k, 12, 10), w1=w1, kh=3, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1))
+
+
+def _check_gemm_dw(K, rng, x_shape, w1, kh, stride, pads, dil):
+    (k, h, w), c = x_shape, w1.shape[0]
     b1, b2 = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
     w2 = rng.standard_normal((c, 1, kh, kh)).astype(np.float32)
     x = rng.standard_normal((k, h, w)).astype(np.float32)

@@ -558,6 +558,8 @@ def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
 
 GEMM_DW_CHANNELS = 32  # channels per step of a conv_gemm_dw band (expanded, then convolved, in cache)
 GEMM_DW_BYTES = 256 << 10  # a step's share of its band buffer, at most (unless one tile high)
+GEMM_DW_SLACK = 5  # quarters of an even share of row blocks that one work item may take (see _runs)
+DW_COST = 1.4  # a depthwise multiply-add's time in GEMM-tile multiply-adds (the tile's issue rate: ~70%)
 
 
 @njit(cache=True)
@@ -568,18 +570,41 @@ def _band_rows(out_rows, h, kh, sh, dh):
 
 def gemm_dw_scratch(c, h, w, oh, kh, sh, dh):
     """Shape of conv_gemm_dw's work space for an expanded map [c, h, w] under a depthwise kernel
-    of height kh, row stride sh, row dilation dh, oh output rows: (items, GROUP * ceil(nb /
-    items), n), nb = ceil(c / GROUP); per parallel work item (one per thread Numba may run) a
-    band buffer of n floats per channel: the map rows a band of output rows reads, plus LANES
-    for alignment. A band is a multiple of DW_ROWS output rows, as many as keep
-    GEMM_DW_CHANNELS channels of it within GEMM_DW_BYTES (at least DW_ROWS, at most all)."""
+    of height kh, row stride sh, row dilation dh, oh output rows: (items, GROUP * most, n),
+    nb = ceil(c / GROUP), most = ceil(nb * GEMM_DW_SLACK / 4 / items) (at most nb); per
+    parallel work item (one per thread Numba may run) a band buffer of n floats per channel:
+    the map rows a band of output rows reads, plus LANES for alignment. A band is a multiple of
+    DW_ROWS output rows, as many as keep GEMM_DW_CHANNELS channels of it within GEMM_DW_BYTES
+    (at least DW_ROWS, at most all)."""
     nb = -(-c // GROUP)
     items = max(1, min(nb, config.NUMBA_NUM_THREADS))
+    most = min(nb, -(-nb * GEMM_DW_SLACK // (4 * items)))  # row blocks per item, at most (see _runs)
     rows = DW_ROWS
     while rows < oh and GEMM_DW_CHANNELS * 4 * w * _band_rows(rows + DW_ROWS, h, kh, sh, dh) <= GEMM_DW_BYTES:
         rows += DW_ROWS
     n = _band_rows(rows, h, kh, sh, dh) * w + LANES
-    return items, -(-nb // items) * GROUP, -(-n // LANES) * LANES
+    return items, most * GROUP, -(-n // LANES) * LANES
+
+
+@njit(inline="always")
+def _runs(ptr, items, most, per_nz, per_block):
+    """Boundaries i64[items + 1] of `items` runs of row blocks, of at most `most` blocks each,
+    cutting where the cost so far, (ptr[b] - ptr[0]) * per_nz + b * per_block, comes nearest
+    to an even share of the whole: a pruned expand's blocks keep unequal counts of columns."""
+    nb = ptr.shape[0] - 1
+    bounds = np.empty(items + 1, np.int64)
+    bounds[0], bounds[items] = 0, nb
+    total = (ptr[nb] - ptr[0]) * per_nz + nb * per_block
+    b = 0
+    for i in range(1, items):
+        share = total * i / items
+        while b < nb and (ptr[b + 1] - ptr[0]) * per_nz + (b + 1) * per_block <= share:
+            b += 1
+        if b < nb and (ptr[b + 1] - ptr[0]) * per_nz + (b + 1) * per_block - share < share - (
+                (ptr[b] - ptr[0]) * per_nz + b * per_block):
+            b += 1
+        bounds[i] = min(max(b, nb - (items - i) * most), bounds[i - 1] + most)
+    return bounds
 
 
 @njit(inline="always")
@@ -598,14 +623,14 @@ def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl,
     layout as conv_gemm's, C <= nb * GROUP rows); column stride sw 1 or 2; scratch as
     gemm_dw_scratch gives it. All C-contiguous.
 
-    Work item i (scratch[i], one per thread) takes a run of row blocks (channels), so no work
-    is done twice. It goes down the output in bands (a multiple of DW_ROWS rows, the depthwise
-    tile's height: as many as the buffer holds) and computes the map rows each band reads into
-    its buffer -- the rows the previous band read too are moved up, not recomputed --
-    GEMM_DW_CHANNELS channels at a time, each expanded (_gemm_tile) then convolved (_dw_plane)
-    while in cache. A channel's buffer holds the map's flat pixels from a0 on, a0 a multiple of
-    LANES at or before the band's first row, so that the GEMM tiles' vectors are aligned as in
-    conv_gemm.
+    Work item i (scratch[i], one per thread) takes a run of row blocks (channels), so no work is
+    done twice; the runs are of about equal cost, not length (_runs). It goes down the output in
+    bands (a multiple of DW_ROWS rows, the depthwise tile's height: as many as the buffer holds)
+    and computes the map rows each band reads into its buffer -- the rows the previous band read
+    too are moved up, not recomputed -- GEMM_DW_CHANNELS channels at a time, each expanded
+    (_gemm_tile) then convolved (_dw_plane) while in cache. A channel's buffer holds the map's
+    flat pixels from a0 on, a0 a multiple of LANES at or before the band's first row, so that
+    the GEMM tiles' vectors are aligned as in conv_gemm.
 
     Measured on EfficientNet-Lite0 (1 thread): it pays only where the expanded map is much
     larger than L2 (the 16 -> 96 expand at 112 x 112, 4.8 MB, and the stride-2 depthwise conv
@@ -630,10 +655,11 @@ def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl,
     outf = out.reshape(-1)
     nbands = (OH + BR - 1) // BR
     step = GEMM_DW_CHANNELS // GROUP  # row blocks per step
+    runs = _runs(ptr, items, cap // GROUP, H * W, DW_COST * OH * OW * kh * kw)
     for item in prange(items):
         buf = scratch[item]
         bufl = buf.reshape(-1)
-        first, last = item * nb // items, (item + 1) * nb // items  # row blocks
+        first, last = runs[item], runs[item + 1]  # row blocks
         a0, s_lo, s_hi = 0, 0, 0  # buf's first pixel; the map rows it holds: [s_lo, s_hi)
         for band in range(nbands):
             o0 = band * BR
