@@ -589,19 +589,16 @@ def gemm_dw_scratch(c, h, w, oh, kh, sh, dh):
 @njit(inline="always")
 def _runs(ptr, items, most, per_nz, per_block):
     """Boundaries i64[items + 1] of `items` runs of row blocks, of at most `most` blocks each,
-    cutting where the cost so far, (ptr[b] - ptr[0]) * per_nz + b * per_block, comes nearest
-    to an even share of the whole: a pruned expand's blocks keep unequal counts of columns."""
+    cutting where the cost so far, cost(b) = (ptr[b] - ptr[0]) * per_nz + b * per_block, comes
+    nearest to an even share of the whole: a pruned expand's blocks keep unequal counts of
+    columns. A cut moves past b while cost(b) and cost(b + 1) average below the share."""
     nb = ptr.shape[0] - 1
     bounds = np.empty(items + 1, np.int64)
     bounds[0], bounds[items] = 0, nb
-    total = (ptr[nb] - ptr[0]) * per_nz + nb * per_block
     b = 0
     for i in range(1, items):
-        share = total * i / items
-        while b < nb and (ptr[b + 1] - ptr[0]) * per_nz + (b + 1) * per_block <= share:
-            b += 1
-        if b < nb and (ptr[b + 1] - ptr[0]) * per_nz + (b + 1) * per_block - share < share - (
-                (ptr[b] - ptr[0]) * per_nz + b * per_block):
+        twice = 2 * ((ptr[nb] - ptr[0]) * per_nz + nb * per_block) * i / items  # twice the share
+        while b < nb and (ptr[b] + ptr[b + 1] - 2 * ptr[0]) * per_nz + (2 * b + 1) * per_block < twice:
             b += 1
         bounds[i] = min(max(b, nb - (items - i) * most), bounds[i - 1] + most)
     return bounds
