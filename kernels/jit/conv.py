@@ -546,9 +546,9 @@ def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
     w f32[C, kh*kw], bias f32[C], act f32[5]; x, w, out C-contiguous.
 
     In tiles of DW_ROWS output rows x LANES or DW_LANES columns (_dw_tile, _dw_channel); taps
-    in rows outside the image read a zero row. Column stride 1, or 2 with fewer than 5 tap columns or on images
-    narrower than SPLIT_MIN_WIDTH: the tiles read x itself, with masked loads where a tap's
-    columns leave the image. Kernel heights 3 and 5 at row stride 1 or 2 (no row dilation)
+    in rows outside the image read a zero row. Column stride 1, or 2 with fewer than 5 tap
+    columns or on images narrower than SPLIT_MIN_WIDTH: the tiles read x itself, with masked
+    loads where a tap's columns leave the image. Kernel heights 3 and 5 at row stride 1 or 2 (no row dilation)
     have their own unrolled tiles. Otherwise each channel is first split into sw zero-padded
     column phases (_phase_split), so that a tap's columns in a tile are contiguous in phase
     (j*dw) % sw from (j*dw) // sw on."""
