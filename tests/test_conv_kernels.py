@@ -142,6 +142,7 @@ def test_depthwise_conv_activations(K, act):
     (8, 42, 150, 131, 5, (2, 2), (1, 1, 2, 2), (1, 1), 0.0),
     (12, 48, 29, 21, 5, (2, 2), (2, 2, 2, 2), (1, 1), 0.3),
     (40, 40, 26, 26, 5, (1, 1), (2, 2, 2, 2), (1, 1), 0.0),
+    (16, 24, 28, 28, 3, (2, 2), (0, 0, 1, 1), (1, 1), 0.7),   # 14 output rows: on 2 threads, strips of 7
     (64, 72, 7, 7, 5, (1, 1), (2, 2, 2, 2), (1, 1), 0.6),     # one band: threads split the channels
     (8, 8, 19, 23, 3, (2, 1), (3, 1, 0, 1), (2, 1), 0.0),     # mixed strides, row dilation, a band of padding
     (5, 4, 1, 1, 3, (1, 1), (1, 1, 1, 1), (1, 1), 0.0),       # one pixel
@@ -158,14 +159,33 @@ def test_conv_gemm_dw(K, k, c, h, w, kh, stride, pads, dil, sparsity):
 
 
 def test_conv_gemm_dw_unequal_blocks(K):
-    """Row blocks of very unequal cost: the jit kernel's threads take runs of equal cost, not
-    length, up to the most its scratch holds (here the first quarter of the rows keeps every
-    column, the rest one each)."""
+    """Row blocks of very unequal cost on a map too low for strips of rows: the jit kernel's
+    threads take runs of equal cost, not length, up to the most its scratch holds (here the
+    first quarter of the rows keeps every column, the rest one each)."""
     rng = _rng("gemm_dw unequal")
     k, c = 64, 96
     w1 = rng.standard_normal((c, k)).astype(np.float32)
     w1[c // 4:, 1:] = 0
-    _check_gemm_dw(K, rng, x_shape=(k, 12, 10), w1=w1, kh=3, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1))
+    _check_gemm_dw(K, rng, x_shape=(k, 5, 10), w1=w1, kh=3, stride=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1))
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+def test_conv_gemm_dw_refuses_a_work_space_for_runs():
+    """Where the jit kernel's threads take strips of rows, each needs a buffer for every
+    channel: a work space shaped for runs of channels is refused, not overrun."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("strips of rows need 2 or more threads")
+    K = kernels.load("jit")
+    c, k, h, w = 16, 8, 28, 28
+    items, cap, n = K.gemm_dw_scratch(c, h, w, h, 3, 1, 1)
+    assert items * cap >= 2 * c
+    scratch = np.zeros((items, cap // items, n), np.float32)
+    w1, b = np.ones((c, k), np.float32), np.zeros(c, np.float32)
+    act = np.array(ACTS["relu6"][0], np.float32)
+    with pytest.raises(ValueError, match="runs of channels"):
+        K.conv_gemm_dw(np.ones((k, h, w), np.float32), *block_layout(w1, b), act, np.ones((c, 9), np.float32), b, 3,
+                       3, 1, 1, 1, 1, 1, 1, act, scratch, np.empty((c, h, w), np.float32))
 
 
 def _check_gemm_dw(K, rng, x_shape, w1, kh, stride, pads, dil):
