@@ -600,7 +600,7 @@ def gemm_dw_scratch(c, h, w, oh, kh, sh, dh):
     DW_ROWS, at most all)."""
     nb = -(-c // GROUP)
     items = max(1, min(nb, config.NUMBA_NUM_THREADS))
-    most = nb if _strips(oh, items) else min(nb, -(-nb * GEMM_DW_SLACK // (4 * items)))  # see _runs
+    most = nb if _strips(h, w, oh, items) else min(nb, -(-nb * GEMM_DW_SLACK // (4 * items)))  # see _runs
     rows = DW_ROWS
     while rows < oh and GEMM_DW_CHANNELS * 4 * w * _band_rows(rows + DW_ROWS, h, kh, sh, dh) <= GEMM_DW_BYTES:
         rows += DW_ROWS
@@ -609,15 +609,18 @@ def gemm_dw_scratch(c, h, w, oh, kh, sh, dh):
 
 
 @njit(cache=True)
-def _strips(oh, items):
+def _strips(h, w, oh, items):
     """Whether conv_gemm_dw's `items` work items take strips of its oh output rows (every
-    channel) rather than runs of channels (every row): where each strip is at least 3/4 of a
-    depthwise tile high. On 2 threads a strip's input rows were written by the same thread in
-    the previous op (if it was split by rows too), while a run of channels reads every input
-    channel, half of them from the other core's cache (PP-LCNet's fused ops, 2 threads, 70%
-    sparsity: 0.53 -> 0.43 ms). Below that height a strip would compute more tile rows than
-    it stores."""
-    return items > 1 and 4 * oh >= 3 * items * DW_ROWS
+    channel) rather than runs of channels (every row) on an h x w input: where conv_gemm, the
+    likely producer of that input, splits it between threads by pixels (more than
+    TILES_PER_ITEM tiles), or conv_gemm_dw by strips, and each strip is at least 3/4 of a
+    depthwise tile high. A strip's input rows were then written by its own thread, while a
+    run of channels reads every input channel, half of them from the other core's cache
+    (PP-LCNet's five fused ops, 2 threads, 70% sparsity: 0.53 -> 0.43 ms in the network). On
+    smaller inputs conv_gemm splits by channels, and strips would read as much from the other
+    core and recompute the rows they share (EfficientNet-Lite0's 112 -> 672 at 14 x 14, 70%,
+    kernel alone: 0.103 ms in runs, 0.13-0.18 ms in strips)."""
+    return items > 1 and h * w > TILES_PER_ITEM * V_TILE * LANES and 4 * oh >= 3 * items * DW_ROWS
 
 
 @njit(inline="always")
@@ -676,7 +679,7 @@ def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl,
             or w.shape[1] != kh * kw or dbias.shape[0] < C or items * cap < nb * GROUP or sw > 2
             or RW < _band_rows(DW_ROWS, H, kh, sh, dh) * W + LANES):
         raise ValueError("conv_gemm_dw: shapes do not match")
-    strips = _strips(OH, items)
+    strips = _strips(H, W, OH, items)
     if strips and cap < nb * GROUP:
         raise ValueError("conv_gemm_dw: a work space for runs of channels, not strips of rows")
     BR = DW_ROWS  # output rows per band: as many as the buffer holds
