@@ -489,7 +489,7 @@ def _dw_channel(KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, 
     with AVX2 both are 8). Measured on an AVX-512 Xeon, 1 thread: 256 x 14 x 14 5x5 0.098 ->
     0.040 ms, 64 x 28 x 28 3x3 0.038 -> 0.022 ms, 16 x 112 x 112 3x3 0.104 -> 0.058 ms, 64 x
     56 x 56 3x3 0.102 -> 0.069 ms. 16-lane tiles everywhere would compute 16 columns for 7
-    (once on an AMD Zen 4, which splits 16-lane operations in two, that made
+    (once on an AMD EPYC, Zen 4, which splits 16-lane operations in two, that made
     EfficientNet-Lite0's depthwise layers 5% slower)."""
     clamp = _is_clamp(act)
     for oh0 in range(0, OH, DW_ROWS):
@@ -548,10 +548,10 @@ def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
     In tiles of DW_ROWS output rows x LANES or DW_LANES columns (_dw_tile, _dw_channel); taps
     in rows outside the image read a zero row. Column stride 1, or 2 with fewer than 5 tap
     columns or on images narrower than SPLIT_MIN_WIDTH: the tiles read x itself, with masked
-    loads where a tap's columns leave the image. Kernel heights 3 and 5 at row stride 1 or 2 (no row dilation)
-    have their own unrolled tiles. Otherwise each channel is first split into sw zero-padded
-    column phases (_phase_split), so that a tap's columns in a tile are contiguous in phase
-    (j*dw) % sw from (j*dw) // sw on."""
+    loads where a tap's columns leave the image. Kernel heights 3 and 5 at row stride 1 or 2
+    (no row dilation) have their own unrolled tiles. Otherwise each channel is first split
+    into sw zero-padded column phases (_phase_split), so that a tap's columns in a tile are
+    contiguous in phase (j*dw) % sw from (j*dw) // sw on."""
     C, H, W = x.shape
     OH, OW = out.shape[1], out.shape[2]
     if w.shape[0] != C or w.shape[1] != kh * kw or out.shape[0] != C or bias.shape[0] < C:
@@ -663,8 +663,8 @@ def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl,
     gemm_dw_scratch gives it. All C-contiguous.
 
     Work item i (scratch[i], one per thread) takes a strip of output rows and every channel
-    (_strips), or on low maps a run of row blocks (channels) and every row, so that no work is
-    done twice; runs are of about equal cost, not length (_runs). It goes down its rows in
+    (_strips), or on small or low maps a run of row blocks (channels) and every row, so that
+    no work is done twice; runs are of about equal cost, not length (_runs). It goes down its rows in
     bands (a multiple of DW_ROWS rows, the depthwise tile's height: as many as the buffer holds)
     and computes the map rows each band reads into its buffer -- the rows the previous band read
     too are moved up, not recomputed -- GEMM_DW_CHANNELS channels at a time, each expanded
