@@ -113,7 +113,7 @@ def test_conv_gemm_on_a_slice_of_ptr(K, p):
     (3, 17, 30, 3, (2, 1), (1, 1, 1, 1), (1, 1)),
     (2, 19, 21, 3, (1, 1), (2, 2, 2, 2), (2, 1)),   # row dilation only
     (2, 12, 13, 4, (1, 1), (1, 2, 2, 1), (1, 1)),   # even kernel, asymmetric pads
-    (3, 14, 14, 5, (1, 1), (2, 2, 2, 2), (1, 1)),   # with AVX-512, one 16-lane tile per row (_dw_wide)
+    (3, 14, 14, 5, (1, 1), (2, 2, 2, 2), (1, 1)),   # with AVX-512, one 16-lane tile per row (_dw_channel)
     (2, 28, 27, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
 ])
 def test_depthwise_conv(K, c, h, w, k, stride, pads, dil, act="relu6"):

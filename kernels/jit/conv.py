@@ -259,6 +259,14 @@ GEMV_ACCS = 4  # accumulators of _gemv_block
 TILES_PER_ITEM = 8  # pixel tiles per parallel work item
 
 
+@njit(inline="always")
+def _pixel_chunks(P):
+    """Pixel chunks of at most TILES_PER_ITEM tiles that conv_gemm needs for P pixels, before
+    rounding their count to the pool's threads; one chunk is split between threads by row
+    blocks (output channels), more by pixels."""
+    return ((P + LANES * V_TILE - 1) // (LANES * V_TILE) + TILES_PER_ITEM - 1) // TILES_PER_ITEM
+
+
 @njit(cache=True, nogil=True, fastmath=True, parallel=True)
 def conv_gemm(x, vals, idx, ptr, bias, act, out, res=None):
     """out f32[Cout, P] = act(W @ x + bias) (+ res f32[Cout, P], a residual, when given) for
@@ -286,7 +294,7 @@ def conv_gemm(x, vals, idx, ptr, bias, act, out, res=None):
     width = LANES * V_TILE
     full = P // width
     ntiles = (P + width - 1) // width
-    nchunks = (ntiles + TILES_PER_ITEM - 1) // TILES_PER_ITEM
+    nchunks = _pixel_chunks(P)
     if nchunks > 1:  # a multiple of the pool's threads, of equal size: each thread gets as many tiles
         nchunks += -nchunks % config.NUMBA_NUM_THREADS
     for item in prange(nchunks * nb):
@@ -617,15 +625,15 @@ def gemm_dw_scratch(c, h, w, oh, kh, sh, dh):
 def _strips(h, w, oh, items):
     """Whether conv_gemm_dw's `items` work items take strips of its oh output rows (every
     channel) rather than runs of channels (every row) on an h x w input: where conv_gemm, the
-    likely producer of that input, splits it between threads by pixels (more than
-    TILES_PER_ITEM tiles), or conv_gemm_dw by strips, and each strip is at least 3/4 of a
+    likely producer of that input, splits it between threads by pixels (_pixel_chunks), or
+    conv_gemm_dw by strips, and each strip is at least 3/4 of a
     depthwise tile high. A strip's input rows were then written by its own thread, while a
     run of channels reads every input channel, half of them from the other core's cache
     (PP-LCNet's five fused ops, 2 threads, 70% sparsity: 0.53 -> 0.43 ms in the network). On
     smaller inputs conv_gemm splits by channels, and strips would read as much from the other
     core and recompute the rows they share (EfficientNet-Lite0's 112 -> 672 at 14 x 14, 70%,
     kernel alone: 0.103 ms in runs, 0.13-0.18 ms in strips)."""
-    return items > 1 and h * w > TILES_PER_ITEM * V_TILE * LANES and 4 * oh >= 3 * items * DW_ROWS
+    return items > 1 and _pixel_chunks(h * w) > 1 and 4 * oh >= 3 * items * DW_ROWS
 
 
 @njit(inline="always")
@@ -664,9 +672,9 @@ def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl,
 
     Work item i (scratch[i], one per thread) takes a strip of output rows and every channel
     (_strips), or on small or low maps a run of row blocks (channels) and every row, so that
-    no work is done twice; runs are of about equal cost, not length (_runs). It goes down its rows in
-    bands (a multiple of DW_ROWS rows, the depthwise tile's height: as many as the buffer holds)
-    and computes the map rows each band reads into its buffer -- the rows the previous band read
+    no work is done twice; runs are of about equal cost, not length (_runs). It goes down its
+    rows in bands (a multiple of DW_ROWS rows, the depthwise tile's height: as many as the
+    buffer holds) and computes the map rows each band reads into its buffer -- the rows the previous band read
     too are moved up, not recomputed -- GEMM_DW_CHANNELS channels at a time, each expanded
     (_gemm_tile) then convolved (_dw_plane) while in cache. A channel's buffer holds the map's
     flat pixels from a0 on, a0 a multiple of LANES at or before the band's first row, so that
