@@ -13,8 +13,48 @@ from .kernels.ref.conv import GROUP, apply_act
 from .kernels.ref.pool import pool
 
 
-def _int_tensor(it, name):
-    return np.ascontiguousarray(it.weights.edge.tensor(name))
+def _blocks(it, op, k: int, rows: int, group: int = 1):
+    """op's block-layout weight for `group` groups of `rows` output rows over k input columns
+    each: (vals f32[nnz, GROUP], idx i32[nnz], ptr i32[group * (nb + 1)], bias f32[>= group * nb
+    * GROUP]), nb = ceil(rows / GROUP). Checked here because the Numba kernels index memory with
+    idx and ptr unchecked: a model file is data, and a damaged or hostile one must get an error,
+    not make a kernel read outside its arrays."""
+    w = op["w"]
+    vals, bias = it.weights.get(w["vals"]), it.weights.get(w["bias"])
+    idx, ptr = (it.weights.edge.tensor(w[role]) for role in ("idx", "ptr"))
+    nb = -(-rows // GROUP)
+    if not all(isinstance(a, np.ndarray) for a in (vals, bias, idx, ptr)) or idx.dtype != np.int32 \
+            or ptr.dtype != np.int32 or idx.ndim != 1 or ptr.ndim != 1:
+        bad = "its block layout is not float32 vals and bias with int32 vectors idx and ptr"
+    elif vals.size != GROUP * idx.size:
+        bad = f"{vals.size} weights for {idx.size} columns of {GROUP}"
+    elif ptr.size != group * (nb + 1) or bias.size < group * nb * GROUP:
+        bad = f"{ptr.size} block offsets and {bias.size} biases for {group} x {nb} blocks"
+    elif idx.size and (idx.min() < 0 or idx.max() >= k):
+        bad = f"a column index outside [0, {k})"
+    elif ptr.min() < 0 or ptr.max() > idx.size or (np.diff(ptr.reshape(group, nb + 1), axis=1) < 0).any():
+        bad = "its block offsets are out of order or point outside its columns"
+    else:
+        return vals.reshape(-1, GROUP), np.ascontiguousarray(idx), np.ascontiguousarray(ptr), bias.reshape(-1)
+    raise EdgeError(f"corrupt model: op {op['op']} -> {op['out'][0]!r}: {bad}")
+
+
+def _check_conv_shape(op, x, out):
+    """A conv's attributes must fit its input and output shapes: the kernels trust them."""
+    a = op["attrs"]
+    (kh, kw), (sh, sw), (dh, dw), pads, group = a["kernel"], a["strides"], a["dilations"], a["pads"], a["group"]
+    ok = min(kh, kw, sh, sw, dh, dw, group) >= 1 and len(pads) == 4 and min(pads) >= 0 and x.ndim == out.ndim == 4
+    if ok:
+        (n, c, h, w), (n_out, cout) = x.shape, out.shape[:2]
+        oh = (h + pads[0] + pads[2] - (kh - 1) * dh - 1) // sh + 1
+        ow = (w + pads[1] + pads[3] - (kw - 1) * dw - 1) // sw + 1
+        groups = {"gemm": group == 1 and (kh, kw, sh, sw, *pads) == (1, 1, 1, 1, 0, 0, 0, 0),
+                  "depthwise": group == c == cout, "gemm_dw": group == cout,
+                  "im2col": c % group == 0 and cout % group == 0}
+        ok = n_out == n and out.shape[2:] == (oh, ow) and groups.get(a["kind"], False)
+    if not ok:
+        raise EdgeError(f"corrupt program: conv {op['out'][0]!r} ({a.get('kind')}) has attributes that do not fit "
+                        f"its input {x.shape} and output {out.shape}: {a}")
 
 
 def _bind_conv(it, op, st):
@@ -31,6 +71,7 @@ def _bind_conv(it, op, st):
     sh, sw = a["strides"]
     pt, pl = a["pads"][:2]
     dh, dw = a["dilations"]
+    _check_conv_shape(op, x, out)
     w = op["w"]
     if a["kind"] == "gemm_dw":
         return _bind_gemm_dw(it, op, st, x, out)
@@ -41,10 +82,9 @@ def _bind_conv(it, op, st):
             for i in range(n):
                 K.depthwise_conv(x[i], weight, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out[i])
         return run
-    vals = it.weights.get(w["vals"]).reshape(-1, GROUP)
-    idx, ptr, bias = _int_tensor(it, w["idx"]), _int_tensor(it, w["ptr"]), it.weights.get(w["bias"])
     group = a["group"]
     cg, cin = cout // group, c // group
+    vals, idx, ptr, bias = _blocks(it, op, cin * (kh * kw if a["kind"] == "im2col" else 1), cg, group)
     nb = -(-cg // GROUP)
     parts = [(ptr[g * (nb + 1):(g + 1) * (nb + 1)], bias[g * nb * GROUP:(g + 1) * nb * GROUP]) for g in range(group)]
     out2 = out.reshape(n, cout, oh * ow)
@@ -79,8 +119,7 @@ def _bind_gemm_dw(it, op, st, x, out):
     K, a, w = it.K, op["attrs"], op["w"]
     n, c, h, wd = x.shape
     cout, oh = out.shape[1:3]
-    vals = it.weights.get(w["vals"]).reshape(-1, GROUP)
-    idx, ptr, bias = _int_tensor(it, w["idx"]), _int_tensor(it, w["ptr"]), it.weights.get(w["bias"])
+    vals, idx, ptr, bias = _blocks(it, op, c, cout)
     dw_w, dw_b = it.weights.get(w["dw_weight"]), it.weights.get(w["dw_bias"])
     act, dact = np.array(a["expand_act"], np.float32), np.array(a["act"], np.float32)
     (kh, kw), (sh, sw), (pt, pl), (dh, dw) = a["kernel"], a["strides"], a["pads"][:2], a["dilations"]
@@ -104,9 +143,7 @@ def _bind_dense(it, op, st):
     in the block layout instead (vals, idx, ptr, bias f32[nb*GROUP]): conv_gemm on one pixel."""
     x, out = st.env[op["in"][0]], st.env[op["out"][0]]
     if "vals" in op["w"]:
-        w = op["w"]
-        vals = it.weights.get(w["vals"]).reshape(-1, GROUP)
-        idx, ptr, bias = _int_tensor(it, w["idx"]), _int_tensor(it, w["ptr"]), it.weights.get(w["bias"])
+        vals, idx, ptr, bias = _blocks(it, op, x.size, out.size)
         x1, o1 = x.reshape(-1, 1), out.reshape(-1, 1)
         act = np.array([1, 0, -np.inf, np.inf, 0], np.float32)
         return lambda: it.K.conv_gemm(x1, vals, idx, ptr, bias, act, o1)
