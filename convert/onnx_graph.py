@@ -840,6 +840,53 @@ def fuse_residual_add(program: dict) -> dict:
     return {**program, "values": values, "ops": kept}
 
 
+def fuse_squeeze_excite(program: dict) -> dict:
+    """The program with each squeeze-and-excite block -- s = conv2(conv1(mean of x over its
+    pixels)), two 1x1 convs (kind gemm) on the 1 x 1 map, then a `binary` mul of x by s --
+    as one `squeeze_excite` op: x in, the mul's output out; the first conv's block layout
+    (vals, idx, ptr, bias), activation (act), output channels (mid) and nnz, the second's as
+    vals2, idx2, ptr2, bias2, act2 and nnz2. The mean is a global_pool (avg) or a reduce (mean over
+    every axis after the channels, kept). Only where nothing else reads the pooled value, the
+    convs' outputs or s."""
+    ops, values = program["ops"], dict(program["values"])
+    readers, where = _readers(ops), {v: i for i, op in enumerate(ops) for v in op["out"]}
+    outputs = set(program["outputs"])
+
+    def sole(v, name, **attrs):
+        """The op computing v if it is a `name` op with these attrs and nothing else reads v."""
+        op = ops[where[v]] if v in where else None
+        if (op is None or op["op"] != name or readers.get(v) != 1 or v in outputs
+                or any(op["attrs"].get(k) != a for k, a in attrs.items())):
+            return None
+        return op
+
+    fused, dropped = {}, set()
+    for i, op in enumerate(ops):
+        if op["op"] != "binary" or op["attrs"]["fn"] != "mul" or len(op["in"]) != 2:
+            continue
+        for x, s in (op["in"], op["in"][::-1]):
+            conv2 = sole(s, "conv", kind="gemm")
+            conv1 = conv2 and len(conv2["in"]) == 1 and sole(conv2["in"][0], "conv", kind="gemm")
+            pool = conv1 and len(conv1["in"]) == 1 and (sole(conv1["in"][0], "global_pool", mode="avg")
+                                                        or sole(conv1["in"][0], "reduce", fn="mean", keepdims=True))
+            shape = values.get(x) or program["inputs"].get(x, {}).get("shape")
+            if (not pool or pool["in"] != [x] or values[op["out"][0]] != shape or len(shape) < 3
+                    or values[s] != shape[:2] + [1] * (len(shape) - 2)
+                    or (pool["op"] == "reduce" and sorted(pool["attrs"]["axes"]) != list(range(2, len(shape))))):
+                continue
+            w = {**conv1["w"], **{k + "2": t for k, t in conv2["w"].items()}}
+            fused[i] = {"op": "squeeze_excite", "in": [x], "out": op["out"], "w": w,
+                        "attrs": {"act": conv1["attrs"]["act"], "act2": conv2["attrs"]["act"],
+                                  "mid": values[conv1["out"][0]][1],
+                                  "nnz": conv1["attrs"]["nnz"], "nnz2": conv2["attrs"]["nnz"]}}
+            for part in (pool, conv1, conv2):
+                dropped.add(where[part["out"][0]])
+                values.pop(part["out"][0])
+            break
+    kept = [fused.get(i, op) for i, op in enumerate(ops) if i not in dropped]
+    return {**program, "values": values, "ops": kept}
+
+
 def convert_onnx(src: str, out: str, force: bool = False, prune: float = 0.0, labels: str | None = None,
                  preprocess: dict | None = None, progress: bool = True, calibration=None,
                  fuse_min_bytes: int | None = FUSE_MIN_BYTES) -> dict:
@@ -854,7 +901,7 @@ def convert_onnx(src: str, out: str, force: bool = False, prune: float = 0.0, la
     pruned = _prune(f, out, prune, calibration, preprocess, progress) if prune > 0 else None
     low = _Lowering(f, prune, pruned)
     program, out_names = low.run()
-    program = fuse_residual_add(program)
+    program = fuse_squeeze_excite(fuse_residual_add(program))
     if fuse_min_bytes is not None:
         program = fuse_expand_depthwise(program, fuse_min_bytes)
     in_names = list(program["inputs"])

@@ -13,15 +13,15 @@ from .kernels.ref.conv import GROUP, apply_act
 from .kernels.ref.pool import pool
 
 
-def _blocks(it, op, k: int, rows: int, group: int = 1):
+def _blocks(it, op, k: int, rows: int, group: int = 1, suffix: str = ""):
     """op's block-layout weight for `group` groups of `rows` output rows over k input columns
     each: (vals f32[nnz, GROUP], idx i32[nnz], ptr i32[group * (nb + 1)], bias f32[>= group * nb
     * GROUP]), nb = ceil(rows / GROUP). Checked here because the Numba kernels index memory with
     idx and ptr unchecked: a model file is data, and a damaged or hostile one must get an error,
-    not make a kernel read outside its arrays."""
+    not make a kernel read outside its arrays. suffix: of the four roles' names in op["w"]."""
     w = op["w"]
-    vals, bias = it.weights.get(w["vals"]), it.weights.get(w["bias"])
-    idx, ptr = (it.weights.edge.tensor(w[role]) for role in ("idx", "ptr"))
+    vals, bias = it.weights.get(w["vals" + suffix]), it.weights.get(w["bias" + suffix])
+    idx, ptr = (it.weights.edge.tensor(w[role + suffix]) for role in ("idx", "ptr"))
     nb = -(-rows // GROUP)
     if not all(isinstance(a, np.ndarray) for a in (vals, bias, idx, ptr)) or idx.dtype != np.int32 \
             or ptr.dtype != np.int32 or idx.ndim != 1 or ptr.ndim != 1:
@@ -134,6 +134,26 @@ def _bind_gemm_dw(it, op, st, x, out):
         for i in range(n):
             K.conv_gemm_dw(x[i], vals, idx, ptr, bias, act, dw_w, dw_b, kh, kw, sh, sw, pt, pl, dh, dw, dact, scratch,
                            out[i])
+    return run
+
+
+def _bind_squeeze_excite(it, op, st):
+    """squeeze_excite: out = x * act2(W2 @ act1(W1 @ mean of x over its pixels + bias) + bias2)
+    per channel; W1 [mid, C] (vals, idx, ptr, bias) and W2 [C, mid] (vals2, idx2, ptr2, bias2)
+    in the block layout; attrs act, act2, mid. One image of the batch at a time."""
+    x, out = st.env[op["in"][0]], st.env[op["out"][0]]
+    if x.ndim < 2 or out.shape != x.shape:
+        raise EdgeError(f"corrupt program: squeeze_excite {op['out'][0]!r} maps {x.shape} to {out.shape}")
+    n, c = x.shape[:2]
+    a, mid = op["attrs"], op["attrs"]["mid"]
+    w1 = _blocks(it, op, c, mid)
+    w2 = _blocks(it, op, mid, c, suffix="2")
+    act1, act2 = np.array(a["act"], np.float32), np.array(a["act2"], np.float32)
+    x2, out2 = x.reshape(n, c, -1), out.reshape(n, c, -1)
+
+    def run():
+        for i in range(n):
+            it.K.squeeze_excite(x2[i], *w1, act1, *w2, act2, out2[i])
     return run
 
 
@@ -285,6 +305,7 @@ def _bind_const(it, op, st):
 
 OPS = {
     "conv": _bind_conv,
+    "squeeze_excite": _bind_squeeze_excite,
     "dense": _bind_dense,
     "matmul": _bind_matmul,
     "act": _bind_act,

@@ -96,6 +96,26 @@ def test_conv_gemm_on_a_slice_of_ptr(K, p):
         np.testing.assert_allclose(out, ws[g].astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("c,m,p", [(8, 4, 49), (13, 6, 5), (256, 64, 49), (40, 10, 1), (3, 1, 196)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.6])
+def test_squeeze_excite(K, c, m, p, sparsity):
+    """Against float64: x times, per channel, hardsigmoid(W2 @ relu(W1 @ mean of x + b1) + b2),
+    both weights in the block layout (optionally with whole groups zeroed)."""
+    rng = _rng("se", c, m, p, sparsity)
+    w1, w2 = rng.standard_normal((m, c)).astype(np.float32), rng.standard_normal((c, m)).astype(np.float32)
+    for w in (w1, w2):
+        if sparsity:
+            w *= np.repeat(rng.random((-(-len(w) // GROUP), w.shape[1])) >= sparsity, GROUP, axis=0)[:len(w)]
+    b1, b2 = rng.standard_normal(m).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    x = rng.standard_normal((c, p)).astype(np.float32)
+    (a1, f1), (a2, f2) = ACTS["relu"], ACTS["hardsigmoid"]
+    out = np.full((c, p), np.nan, np.float32)
+    K.squeeze_excite(x, *block_layout(w1, b1), np.array(a1, np.float32), *block_layout(w2, b2),
+                     np.array(a2, np.float32), out)
+    s = f2(w2.astype(np.float64) @ f1(w1.astype(np.float64) @ x.astype(np.float64).mean(axis=1) + b1) + b2)
+    np.testing.assert_allclose(out, x * s[:, None], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("c,h,w,k,stride,pads,dil", [
     (3, 7, 9, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
     (5, 12, 11, 3, (2, 2), (0, 0, 1, 1), (1, 1)),   # TF "same" padding after a stride-2 conv

@@ -22,15 +22,20 @@ SHAPE = [1, 3, 9, 9]
 
 @pytest.fixture(scope="module", params=[None, 0], ids=["apart", "fused"])
 def edge_file(request, tmp_path_factory):
-    """A 3x3 stride-2 conv (im2col), a 1x1 expand, a depthwise 3x3 and a 1x1 projection,
-    converted apart or with the expand and depthwise conv fused (gemm_dw)."""
+    """A 3x3 stride-2 conv (im2col), a 1x1 expand, a depthwise 3x3, a 1x1 projection and a
+    squeeze-and-excite block, converted with the expand and depthwise conv apart or fused
+    (gemm_dw)."""
     rng = np.random.default_rng(0)
     inits = {"w0": rng.standard_normal((8, 3, 3, 3)), "w1": rng.standard_normal((16, 8, 1, 1)),
-             "w2": rng.standard_normal((16, 1, 3, 3)), "w3": rng.standard_normal((8, 16, 1, 1))}
+             "w2": rng.standard_normal((16, 1, 3, 3)), "w3": rng.standard_normal((8, 16, 1, 1)),
+             "w4": rng.standard_normal((4, 8, 1, 1)), "w5": rng.standard_normal((8, 4, 1, 1))}
     nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], strides=[2, 2], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["a"], ["b"]), helper.make_node("Conv", ["b", "w1"], ["c"]),
              helper.make_node("Conv", ["c", "w2"], ["d"], group=16, pads=[1, 1, 1, 1]),
-             helper.make_node("Conv", ["d", "w3"], ["y"])]
+             helper.make_node("Conv", ["d", "w3"], ["e"]), helper.make_node("GlobalAveragePool", ["e"], ["p"]),
+             helper.make_node("Conv", ["p", "w4"], ["q"]), helper.make_node("Relu", ["q"], ["r"]),
+             helper.make_node("Conv", ["r", "w5"], ["s"]), helper.make_node("HardSigmoid", ["s"], ["t"]),
+             helper.make_node("Mul", ["e", "t"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 5, 5])],
                               [numpy_helper.from_array(a.astype(np.float32), k) for k, a in inits.items()])
@@ -56,13 +61,11 @@ def _rewrite(src, dst, header_fn=None, tensor_fn=None):
     return dst
 
 
-def _first_block_op(header):
-    return next(op for op in header["program"]["ops"] if "idx" in op["w"])
-
-
 def _set_tensor(role, index, value):
+    """Damage the first op with a weight of this role: its element `index` set to value (or to
+    value(array))."""
     def header_and_tensor(src, dst):
-        op = _first_block_op(EdgeFile(src).header)
+        op = next(op for op in EdgeFile(src).header["program"]["ops"] if role in op["w"])
 
         def change(name, arr):
             if name == op["w"][role]:
@@ -84,6 +87,8 @@ DAMAGES = {
     "block offset past the end": (_set_tensor("ptr", -1, 1 << 28), "block offsets"),
     "negative block offset": (_set_tensor("ptr", 0, -(1 << 20)), "block offsets"),
     "block offsets out of order": (_set_tensor("ptr", 0, lambda ptr: ptr[-1]), "block offsets"),
+    "squeeze-excite column index": (_set_tensor("idx2", 0, 4), "column index outside"),
+    "squeeze-excite block offsets": (_set_tensor("ptr2", -1, -1), "block offsets"),
     "negative pads": (_set_attr("pads", [-40, -40, 0, 0]), "do not fit"),
     "zero stride": (_set_attr("strides", [0, 0]), "do not fit"),
     "stride that misfits the output": (_set_attr("strides", [1, 1]), "do not fit"),

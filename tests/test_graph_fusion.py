@@ -48,3 +48,41 @@ def test_residual_add_fuses_only_where_it_may(tmp_path, backend):
     for seed in range(3):
         x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
         np.testing.assert_allclose(m.run({"x": x})["z"], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+
+def _excite_graph(path, pool):
+    """Two squeeze-and-excite blocks on x [1, 8, 6, 7]: y = x * hardsigmoid(conv(relu(conv(pool(x))))),
+    the mean taken by `pool` (GlobalAveragePool or ReduceMean over H, W); then the same on y
+    with its scale s2 also added to the output (not fusable: s2 has a second reader)."""
+    rng = np.random.default_rng(5)
+    inits = {"w1": rng.standard_normal((4, 8, 1, 1)), "b1": rng.standard_normal(4),
+             "w2": rng.standard_normal((8, 4, 1, 1)), "b2": rng.standard_normal(8),
+             "w3": rng.standard_normal((4, 8, 1, 1)), "w4": rng.standard_normal((8, 4, 1, 1))}
+    mean = ([helper.make_node("GlobalAveragePool", ["x"], ["p"])] if pool == "global"
+            else [helper.make_node("ReduceMean", ["x"], ["p"], axes=[3, 2], keepdims=1)])
+    nodes = mean + [helper.make_node("Conv", ["p", "w1", "b1"], ["h"]), helper.make_node("Relu", ["h"], ["hr"]),
+                    helper.make_node("Conv", ["hr", "w2", "b2"], ["s"]), helper.make_node("HardSigmoid", ["s"], ["sh"]),
+                    helper.make_node("Mul", ["sh", "x"], ["y"]),
+                    helper.make_node("GlobalAveragePool", ["y"], ["p2"]), helper.make_node("Conv", ["p2", "w3"], ["h2"]),
+                    helper.make_node("Relu", ["h2"], ["h2r"]), helper.make_node("Conv", ["h2r", "w4"], ["s2"]),
+                    helper.make_node("Mul", ["y", "s2"], ["y2"]), helper.make_node("Add", ["y2", "s2"], ["z"])]
+    graph = helper.make_graph(nodes, "excite", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, SHAPE)],
+                              [numpy_helper.from_array(a.astype(np.float32), k) for k, a in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pool", ["global", "reduce"])
+def test_squeeze_excite_fuses_only_where_it_may(tmp_path, backend, pool):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference (pip install '.[oracle]')")
+    src = _excite_graph(tmp_path / "e.onnx", pool)
+    convert_onnx(src, str(tmp_path / "e.edge"), progress=False)
+    m = edgert.load(str(tmp_path / "e.edge"), backend=backend)
+    assert [op["op"] for op in m.program["ops"]] == ["squeeze_excite", "global_pool", "conv", "conv", "binary",
+                                                     "binary"]
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
+        np.testing.assert_allclose(m.run({"x": x})["z"], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)

@@ -28,10 +28,11 @@ from .quant import QMATMUL, dequant_rows, isa, quantize_act  # noqa: E402
 from .rope import rope  # noqa: E402
 from .rows_i8 import matmul_rows_i8, quantize_rows_i8  # noqa: E402
 from .sparse_ffn import sparse_ffn  # noqa: E402
+from .squeeze_excite import squeeze_excite  # noqa: E402
 
 ISA = isa()
 qmatmul = QMATMUL[ISA]
 
 __all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax",
            "quantize_rows_i8", "matmul_rows_i8", "sparse_ffn", "conv_gemm", "conv_gemm_dw",
-           "gemm_dw_scratch", "depthwise_conv", "conv_direct", "dense"]
+           "gemm_dw_scratch", "depthwise_conv", "conv_direct", "dense", "squeeze_excite"]

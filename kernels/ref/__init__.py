@@ -8,7 +8,8 @@ from .quant import dequant_rows, qmatmul, quantize_act
 from .rope import rope
 from .rows_i8 import matmul_rows_i8, quantize_rows_i8
 from .sparse_ffn import sparse_ffn
+from .squeeze_excite import squeeze_excite
 
 __all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax",
            "quantize_rows_i8", "matmul_rows_i8", "sparse_ffn", "conv_gemm", "conv_gemm_dw",
-           "gemm_dw_scratch", "depthwise_conv", "conv_direct", "dense"]
+           "gemm_dw_scratch", "depthwise_conv", "conv_direct", "dense", "squeeze_excite"]
