@@ -17,6 +17,10 @@ list, NCHW float32 values with static shapes:
   Pad, ReduceMean, GlobalAveragePool / GlobalMaxPool -> `global_pool`, AveragePool / MaxPool ->
   `pool`; Reshape, Flatten, Squeeze, Unsqueeze -> `reshape`; Identity and inference Dropout
   are dropped. A constant feeding a value input becomes a `const` op.
+- After lowering, ops are merged where the kernels do better as one: a residual Add into
+  the 1x1 conv before it (fuse_residual_add), a squeeze-and-excite block into one
+  `squeeze_excite` op (fuse_squeeze_excite), a 1x1 conv into the depthwise conv after it
+  (fuse_expand_depthwise).
 
 Every GEMM-shaped weight is stored in the block layout (convert/prune.py) and runs through
 the conv_gemm kernel: 1x1 and im2col convs, and `dense` ops on a single row (a classifier
