@@ -133,7 +133,8 @@ def test_squeeze_excite(K, c, m, p, sparsity):
     (3, 17, 30, 3, (2, 1), (1, 1, 1, 1), (1, 1)),
     (2, 19, 21, 3, (1, 1), (2, 2, 2, 2), (2, 1)),   # row dilation only
     (2, 12, 13, 4, (1, 1), (1, 2, 2, 1), (1, 1)),   # even kernel, asymmetric pads
-    (3, 14, 14, 5, (1, 1), (2, 2, 2, 2), (1, 1)),   # with AVX-512, one 16-lane tile per row (_dw_channel)
+    (3, 14, 14, 5, (1, 1), (2, 2, 2, 2), (1, 1)),   # with AVX-512, one 16-lane tile per row; 7-row tiles
+    (2, 21, 19, 3, (1, 1), (1, 1, 1, 1), (1, 1)),   # three 7-row tiles (_dw_plane)
     (2, 28, 27, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
 ])
 def test_depthwise_conv(K, c, h, w, k, stride, pads, dil, act="relu6"):
