@@ -273,15 +273,15 @@ def _bind_reduce(it, op, st):
 
 
 def _bind_global_pool(it, op, st):
-    """Max or mean over all spatial axes; the mean as a product with 1/size weights (einsum: 3x
-    faster than np.mean on [1280, 7, 7] here, and no BLAS)."""
+    """Max or mean over all spatial axes (the mean by the kernel global_avg_pool, every
+    image's channels as rows)."""
     x, out = st.env[op["in"][0]], st.env[op["out"][0]]
     if op["attrs"]["mode"] == "max":
         axes = tuple(range(2, x.ndim))
         return lambda: np.max(x, axis=axes, keepdims=True, out=out)
     size = int(np.prod(x.shape[2:]))
-    x2, o2, weights = x.reshape(-1, size), out.reshape(-1), np.full(size, 1 / size, np.float32)
-    return lambda: np.einsum("ij,j->i", x2, weights, out=o2)
+    x2, o2 = x.reshape(-1, size), out.reshape(-1, 1)
+    return lambda: it.K.global_avg_pool(x2, o2)
 
 
 def _bind_pool(it, op, st):

@@ -96,6 +96,14 @@ def test_conv_gemm_on_a_slice_of_ptr(K, p):
         np.testing.assert_allclose(out, ws[g].astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("c,p", [(1, 1), (7, 49), (512, 49), (13, 3), (9, 196)])
+def test_global_avg_pool(K, c, p):
+    x = _rng("pool", c, p).standard_normal((c, p)).astype(np.float32)
+    out = np.full((c, 1), np.nan, np.float32)
+    K.global_avg_pool(x, out)
+    np.testing.assert_allclose(out[:, 0], x.astype(np.float64).mean(axis=1), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("c,m,p", [(8, 4, 49), (13, 6, 5), (256, 64, 49), (40, 10, 1), (3, 1, 196)])
 @pytest.mark.parametrize("sparsity", [0.0, 0.6])
 def test_squeeze_excite(K, c, m, p, sparsity):

@@ -50,7 +50,8 @@ def test_load_and_threads(monkeypatch):
     assert set(kernels.load("ref").__all__) == {
         "quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax",
         "quantize_rows_i8", "matmul_rows_i8", "sparse_ffn", "conv_gemm", "conv_gemm_dw", "gemm_dw_scratch",
-        "depthwise_conv", "conv_direct", "dense", "squeeze_excite"}
+        "depthwise_conv", "conv_direct", "dense", "squeeze_excite",
+        "global_avg_pool"}
     monkeypatch.setenv("EDGERT_KERNELS", "ref")
     assert kernels.load().__name__ == "edgert.kernels.ref"
     with pytest.raises(ValueError, match="unknown kernel backend 'gpu'"):

@@ -24,6 +24,7 @@ from .activation import silu_mul, softmax  # noqa: E402
 from .attention import attention  # noqa: E402
 from .conv import conv_direct, conv_gemm, conv_gemm_dw, dense, depthwise_conv, gemm_dw_scratch  # noqa: E402
 from .norm import rms_norm  # noqa: E402
+from .pool import global_avg_pool  # noqa: E402
 from .quant import QMATMUL, dequant_rows, isa, quantize_act  # noqa: E402
 from .rope import rope  # noqa: E402
 from .rows_i8 import matmul_rows_i8, quantize_rows_i8  # noqa: E402
@@ -35,4 +36,4 @@ qmatmul = QMATMUL[ISA]
 
 __all__ = ["quantize_act", "qmatmul", "dequant_rows", "rms_norm", "rope", "attention", "silu_mul", "softmax",
            "quantize_rows_i8", "matmul_rows_i8", "sparse_ffn", "conv_gemm", "conv_gemm_dw",
-           "gemm_dw_scratch", "depthwise_conv", "conv_direct", "dense", "squeeze_excite"]
+           "gemm_dw_scratch", "depthwise_conv", "conv_direct", "dense", "squeeze_excite", "global_avg_pool"]

@@ -4,6 +4,7 @@ from numba import njit, prange
 
 from ..ref.conv import GROUP
 from .conv import GEMV_ACCS, _gemv_block
+from .pool import channel_means
 
 SE_ITEMS = 8  # parallel work items of channels, pooling and scaling alike
 
@@ -24,13 +25,8 @@ def squeeze_excite(x, vals1, idx1, ptr1, bias1, act1, vals2, idx2, ptr2, bias2, 
         raise ValueError("squeeze_excite: shapes do not match")
     pooled = np.empty((C, 1), np.float32)
     items = min(C, SE_ITEMS)
-    inv = np.float32(1.0 / P)
     for item in prange(items):
-        for c in range(item * C // items, (item + 1) * C // items):
-            s = np.float32(0.0)
-            for j in range(P):
-                s += x[c, j]
-            pooled[c, 0] = s * inv
+        channel_means(x, pooled, item * C // items, (item + 1) * C // items)
     mid = np.empty((nb1 * GROUP, 1), np.float32)
     for b in range(nb1):
         _gemv_block(GEMV_ACCS, pooled, vals1, idx1, ptr1[b], ptr1[b + 1], bias1, act1, mid, b * GROUP)

@@ -1,5 +1,5 @@
 """Pooling over N-D windows, NumPy (both backends use it: not on any hot path of the models
-edgert targets, whose pooling is global)."""
+edgert targets, whose pooling is global); and the NumPy twin of global average pooling."""
 import itertools
 
 import numpy as np
@@ -38,3 +38,9 @@ def pool(x, mode, kernel, strides, dilations, pads, count_include_pad, out):
     if mode == "avg":
         acc /= np.maximum(count, 1)
     np.copyto(out, acc)
+
+
+def global_avg_pool(x, out):
+    """out f32[C, 1] = the mean of x f32[C, P] over its pixels (a product with 1/P weights:
+    einsum, no BLAS under Pyodide, 3x faster than np.mean here on [1280, 49])."""
+    np.einsum("cp,p->c", x, np.full(x.shape[1], 1 / x.shape[1], np.float32), out=out.reshape(-1))
