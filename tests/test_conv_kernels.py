@@ -141,8 +141,8 @@ def test_squeeze_excite(K, c, m, p, sparsity):
     (3, 17, 30, 3, (2, 1), (1, 1, 1, 1), (1, 1)),
     (2, 19, 21, 3, (1, 1), (2, 2, 2, 2), (2, 1)),   # row dilation only
     (2, 12, 13, 4, (1, 1), (1, 2, 2, 1), (1, 1)),   # even kernel, asymmetric pads
-    (3, 14, 14, 5, (1, 1), (2, 2, 2, 2), (1, 1)),   # with AVX-512, one 16-lane tile per row; 7-row tiles
-    (2, 21, 19, 3, (1, 1), (1, 1, 1, 1), (1, 1)),   # three 7-row tiles (_dw_plane)
+    (3, 14, 14, 5, (1, 1), (2, 2, 2, 2), (1, 1)),   # with AVX-512, one 16-lane tile per row (_dw_channel)
+    (2, 24, 19, 3, (1, 1), (1, 1, 1, 1), (1, 1)),   # a last tile of 3 of its DW_ROWS (7) rows
     (2, 28, 27, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
 ])
 def test_depthwise_conv(K, c, h, w, k, stride, pads, dil, act="relu6"):
@@ -167,7 +167,7 @@ def test_depthwise_conv_activations(K, act):
 @pytest.mark.parametrize("k,c,h,w,kh,stride,pads,dil,sparsity", [
     (16, 96, 40, 37, 3, (2, 2), (0, 0, 1, 1), (1, 1), 0.0),   # TF "same" padding, stride 2
     (24, 20, 33, 30, 3, (1, 1), (1, 1, 1, 1), (1, 1), 0.5),   # C not a multiple of GROUP
-    (8, 42, 150, 131, 3, (1, 1), (1, 1, 1, 1), (1, 1), 0.3),  # wide rows: bands of 8 rows, two channel steps
+    (8, 42, 150, 131, 3, (1, 1), (1, 1, 1, 1), (1, 1), 0.3),  # wide rows: bands of 7 rows, two channel steps
     (8, 42, 150, 131, 5, (2, 2), (1, 1, 2, 2), (1, 1), 0.0),
     (12, 48, 29, 21, 5, (2, 2), (2, 2, 2, 2), (1, 1), 0.3),
     (40, 40, 26, 26, 5, (1, 1), (2, 2, 2, 2), (1, 1), 0.0),

@@ -22,8 +22,8 @@ Bias and the activation are applied to the tile in registers before its single s
 plain clamp (identity, relu, relu6) takes max and min alone, which matters most where
 pruning leaves few k per tile (EfficientNet-Lite0's pruned 1x1 layers 3-5% faster).
 
-Depthwise convolution has its own register tile (``_dw_tile``): DW_ROWS (or 7) output rows x
-LANES columns of one channel (DW_LANES at the end of a row), all taps accumulated in registers,
+Depthwise convolution has its own register tile (``_dw_tile``): DW_ROWS output rows x LANES
+columns of one channel (DW_LANES at the end of a row), all taps accumulated in registers,
 read straight from the image (masked loads at its borders, a shuffle for column stride 2);
 for 3x3 and 5x5 kernels at stride 1 and 2 the tap rows are unrolled so that each image row
 is loaded once for all the tile rows that use it. EfficientNet-Lite0's depthwise layers, 1
@@ -466,7 +466,11 @@ def _phase_split(buf, d, QW, starts, x, s0, H, W, sw):
 
 
 DW_LANES = 8  # columns per depthwise tile at a row's end; LANES before it (_dw_channel)
-DW_ROWS = 8  # output rows per depthwise tile (its accumulators); 7 on maps of 7k rows (_dw_plane)
+DW_ROWS = 7  # output rows per depthwise tile (its accumulators). 7 divides the 7-, 14-, 28-, 56- and 112-row
+#             maps of ImageNet CNNs; 8-row tiles computed 16 rows for 14. AMD EPYC (Zen 4), 1 thread: 256 x 14 x 14
+#             5x5 0.048 -> 0.041 ms, 256 x 14 -> 7 5x5 stride 2 0.030 -> 0.027 ms, 128 x 28 x 28 3x3 0.045 -> 0.043
+#             ms; 64 x 56 x 56 3x3 0.069 -> 0.072 ms (a load more per 7 rows, not 8). Both heights at once, chosen
+#             per map, ran as fast but took 107 s more to compile (EfficientNet-Lite0's first run: 67 -> 174 s)
 SPLIT_MIN_WIDTH = 48  # stride-2 depthwise convs with 5 or more tap columns on images this wide read column
 #                     phases: 144 x 56 x 56 5x5 -> 28, 1 thread, 0.19-0.22 -> 0.17 ms. With 3 tap columns the
 #                     split costs more than it saves at any width (96 x 112 x 112 3x3 -> 56: 0.22 -> 0.28-0.39
@@ -475,23 +479,23 @@ DW_ITEMS = 8  # parallel work items (with column phases, each zeroes its own buf
 
 
 @njit(inline="always")
-def _dw_tile_at(L, R, KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, bias, act, clamp, out,
-                dst0, OH, OW, lo, hi, oh0, j0):
-    """The tile of R rows x L columns at output (oh0, j0) of one channel (out[dst0:], OH x
+def _dw_tile_at(L, KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, bias, act, clamp, out, dst0,
+                OH, OW, lo, hi, oh0, j0):
+    """The tile of DW_ROWS rows x L columns at output (oh0, j0) of one channel (out[dst0:], OH x
     OW): plain loads if its loaded columns SW*j0 + [0, SW*L) lie in [lo, hi), else masked."""
     d = dst0 + oh0 * OW + j0
     if lo <= SW * j0 and SW * (j0 + L) <= hi:
-        _dw_tile(L, R, KH, SH, SW, False, src, zero, base, pitch, oh0 * sh - pt, sh, dh, H, kh, coff, W, w, w0,
+        _dw_tile(L, DW_ROWS, KH, SH, SW, False, src, zero, base, pitch, oh0 * sh - pt, sh, dh, H, kh, coff, W, w, w0,
                  bias, act, clamp, j0, out, d, OW, OW - j0, OH - oh0)
     else:
-        _dw_tile(L, R, KH, SH, SW, True, src, zero, base, pitch, oh0 * sh - pt, sh, dh, H, kh, coff, W, w, w0,
+        _dw_tile(L, DW_ROWS, KH, SH, SW, True, src, zero, base, pitch, oh0 * sh - pt, sh, dh, H, kh, coff, W, w, w0,
                  bias, act, clamp, j0, out, d, OW, OW - j0, OH - oh0)
 
 
 @njit(inline="always")
-def _dw_channel(R, KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, bias, act, out, dst0, OH,
-                OW, lo, hi):
-    """Every tile (R rows, a literal) of one output channel (out[dst0:], OH x OW). Along a row, tiles are LANES
+def _dw_channel(KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, bias, act, out, dst0, OH, OW,
+                lo, hi):
+    """Every tile of one output channel (out[dst0:], OH x OW). Along a row, tiles are LANES
     columns wide while more than DW_LANES remain, then DW_LANES wide: as many columns as
     DW_LANES-wide tiles compute, in fewer instructions with AVX-512 (56 = 16 + 16 + 16 + 8;
     with AVX2 both are 8). Measured on an AVX-512 Xeon, 1 thread: 256 x 14 x 14 5x5 0.098 ->
@@ -500,55 +504,41 @@ def _dw_channel(R, KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, 
     (once on an AMD EPYC, Zen 4, which splits 16-lane operations in two, that made
     EfficientNet-Lite0's depthwise layers 5% slower)."""
     clamp = _is_clamp(act)
-    for oh0 in range(0, OH, R):
+    for oh0 in range(0, OH, DW_ROWS):
         j0 = 0
         while j0 < OW:
             if LANES > DW_LANES and OW - j0 > DW_LANES:
-                _dw_tile_at(LANES, R, KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, bias, act,
+                _dw_tile_at(LANES, KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, bias, act,
                             clamp, out, dst0, OH, OW, lo, hi, oh0, j0)
                 j0 += LANES
             else:
-                _dw_tile_at(DW_LANES, R, KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, bias,
+                _dw_tile_at(DW_LANES, KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, bias,
                             act, clamp, out, dst0, OH, OW, lo, hi, oh0, j0)
                 j0 += DW_LANES
 
 
 @njit(inline="always")
-def _dw_plane_rows(R, src, zero, base, pitch, pt, sh, sw, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi):
-    """_dw_channel in tiles of R (literal) rows, with the tile variant for this kernel: unrolled
-    for 3x3 / 5x5 at row stride 1 (column stride 1) or 2 (column stride 1 or 2) without row
-    dilation, else the general tile (column stride 1 or 2). sw is the stride between the columns the tile loads: 1 where
+def _dw_plane(src, zero, base, pitch, pt, sh, sw, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi):
+    """_dw_channel with the tile variant for this kernel: unrolled for 3x3 / 5x5 at row stride 1
+    (column stride 1) or 2 (column stride 1 or 2) without row dilation, else the general tile
+    (column stride 1 or 2). sw is the stride between the columns the tile loads: 1 where
     the image was split into column phases."""
     if dh == 1 and sh == 1 and sw == 1 and kh == 3:
-        _dw_channel(R, 3, 1, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
+        _dw_channel(3, 1, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
     elif dh == 1 and sh == 1 and sw == 1 and kh == 5:
-        _dw_channel(R, 5, 1, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
+        _dw_channel(5, 1, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
     elif dh == 1 and sh == 2 and sw == 1 and kh == 3:
-        _dw_channel(R, 3, 2, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
+        _dw_channel(3, 2, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
     elif dh == 1 and sh == 2 and sw == 1 and kh == 5:
-        _dw_channel(R, 5, 2, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
+        _dw_channel(5, 2, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
     elif dh == 1 and sh == 2 and sw == 2 and kh == 3:
-        _dw_channel(R, 3, 2, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
+        _dw_channel(3, 2, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
     elif dh == 1 and sh == 2 and sw == 2 and kh == 5:
-        _dw_channel(R, 5, 2, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
+        _dw_channel(5, 2, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
     elif sw == 2:
-        _dw_channel(R, 0, 0, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
+        _dw_channel(0, 0, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
     else:
-        _dw_channel(R, 0, 0, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-
-
-@njit(inline="always")
-def _dw_plane(src, zero, base, pitch, pt, sh, sw, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi):
-    """_dw_plane_rows with tiles of 7 rows where OH is a multiple of 7 but not of DW_ROWS (the
-    7-, 14- and 28-row maps of ImageNet CNNs), so that no tile computes rows past the map: 8-row
-    tiles computed 16 rows for 14. On an AMD EPYC (Zen 4), 1 thread: 256 x 14 x 14 5x5 0.048 ->
-    0.042 ms, 256 x 14 -> 7 5x5 stride 2 0.030 -> 0.027 ms, 512 x 7 x 7 5x5 0.030 -> 0.028 ms,
-    128 x 28 x 28 3x3 0.045 -> 0.043 ms."""
-    if OH % DW_ROWS and OH % 7 == 0:
-        _dw_plane_rows(7, src, zero, base, pitch, pt, sh, sw, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-    else:
-        _dw_plane_rows(DW_ROWS, src, zero, base, pitch, pt, sh, sw, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW,
-                       lo, hi)
+        _dw_channel(0, 0, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
 
 
 @njit(inline="always")
