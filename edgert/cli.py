@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import threading
 
 from .errors import EdgeError
 
@@ -36,6 +38,18 @@ def _is_cnn(path) -> bool:
     return bool(path) and os.path.isfile(path) and EdgeFile(path).header.get("kind") == "cnn"
 
 
+@contextlib.contextmanager
+def _notice_after(seconds: float, message: str):
+    """Print message to stderr if the with-block is still running after `seconds`."""
+    timer = threading.Timer(seconds, lambda: print(message, file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 def cmd_run_cnn(args) -> int:
     """run MODEL --image FILE [--top K] for converted ONNX classifiers."""
     from . import load
@@ -45,7 +59,9 @@ def cmd_run_cnn(args) -> int:
     if not args.image:
         raise EdgeError(f"{args.model} is an image model: give an image with --image FILE")
     m = load(args.model, threads=args.threads, backend=args.backend)
-    for label, p in m.classify(args.image, top=args.top):
+    with _notice_after(3.0, "compiling the convolution kernels (first use only: about a minute, then cached)..."):
+        top = m.classify(args.image, top=args.top)
+    for label, p in top:
         print(f"{p:8.4f}  {label}")
     return 0
 

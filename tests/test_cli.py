@@ -126,3 +126,17 @@ def test_convert_info_run_perplexity(tmp_path, smollm2_gguf):
     assert r.returncode == 0, r.stderr
     ppl = float(r.stdout.split()[1])
     assert 1.0 < ppl < 20.0  # a repeated sentence is easy to predict
+
+
+def test_notice_only_when_slow(capsys):
+    """Long first runs (kernel compilation) get a notice on stderr; fast ones print nothing."""
+    import time
+
+    from edgert.cli import _notice_after
+
+    with _notice_after(0.05, "still working"):
+        time.sleep(0.3)
+    with _notice_after(5.0, "never shown"):
+        pass
+    err = capsys.readouterr().err
+    assert "still working" in err and "never shown" not in err
