@@ -849,9 +849,9 @@ def fuse_squeeze_excite(program: dict) -> dict:
     pixels)), two 1x1 convs (kind gemm) on the 1 x 1 map, then a `binary` mul of x by s --
     as one `squeeze_excite` op: x in, the mul's output out; the first conv's block layout
     (vals, idx, ptr, bias), activation (act), output channels (mid) and nnz, the second's as
-    vals2, idx2, ptr2, bias2, act2 and nnz2. The mean is a global_pool (avg) or a reduce (mean over
-    every axis after the channels, kept). Only where nothing else reads the pooled value, the
-    convs' outputs or s."""
+    vals2, idx2, ptr2, bias2, act2 and nnz2. The mean is a global_pool (avg) or a reduce
+    (mean over every axis after the channels, kept). Only where nothing else reads the pooled
+    value, the convs' outputs or s."""
     ops, values = program["ops"], dict(program["values"])
     readers, where = _readers(ops), {v: i for i, op in enumerate(ops) for v in op["out"]}
     outputs = set(program["outputs"])

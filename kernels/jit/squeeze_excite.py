@@ -4,9 +4,7 @@ from numba import njit, prange
 
 from ..ref.conv import GROUP
 from .conv import GEMV_ACCS, _gemv_block
-from .pool import channel_means
-
-SE_ITEMS = 8  # parallel work items of channels, pooling and scaling alike
+from .pool import POOL_ITEMS, channel_means
 
 
 @njit(cache=True, nogil=True, fastmath=True, parallel=True)
@@ -16,15 +14,15 @@ def squeeze_excite(x, vals1, idx1, ptr1, bias1, act1, vals2, idx2, ptr2, bias2, 
     in [0, C) and [0, M), ptr i32[nb + 1], bias f32[nb * GROUP]), act1, act2 f32[5]; x, out
     C-contiguous. One op for what the graph spells as a global average pool, two 1x1 convs on
     the 1 x 1 map and a broadcast multiply. Channels are pooled and scaled in the same
-    SE_ITEMS runs, so on two threads each reads the channels its core pooled; the two
-    products (a few thousand multiply-adds) run on one thread between them."""
+    POOL_ITEMS runs, so on two threads each reads the channels its core pooled; the two
+    products (PP-LCNet's largest: 131k multiply-adds dense) run on one thread between them."""
     C, P = x.shape
     nb1, nb2 = ptr1.shape[0] - 1, ptr2.shape[0] - 1
     if (out.shape[0] != C or out.shape[1] != P or vals1.shape[1] != GROUP or vals2.shape[1] != GROUP
             or C > nb2 * GROUP or bias1.shape[0] < nb1 * GROUP or bias2.shape[0] < nb2 * GROUP):
         raise ValueError("squeeze_excite: shapes do not match")
     pooled = np.empty((C, 1), np.float32)
-    items = min(C, SE_ITEMS)
+    items = min(C, POOL_ITEMS)
     for item in prange(items):
         channel_means(x, pooled, item * C // items, (item + 1) * C // items)
     mid = np.empty((nb1 * GROUP, 1), np.float32)
