@@ -31,6 +31,14 @@ def _rng(*key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
+def _zero_groups(rng, w, sparsity):
+    """w f32[rows, K] with about the fraction `sparsity` of its (GROUP x 1) groups zeroed, chosen
+    at random here (in place; returned)."""
+    if sparsity:
+        w *= np.repeat(rng.random((-(-len(w) // GROUP), w.shape[1])) >= sparsity, GROUP, axis=0)[:len(w)]
+    return w
+
+
 def _direct_conv(x, w, bias, stride, pads, dil, groups):
     """float64 reference: x [C, H, W], w [Cout, C/groups, kh, kw], pads (top, left, bottom, right)."""
     c, h, wd = x.shape
@@ -62,11 +70,7 @@ def test_conv_gemm(K, cout, k, p, sparsity, act, residual):
     """Against float64, optionally with a residual added after the activation (a 1x1 conv
     fused with the Add after it)."""
     rng = _rng("gemm", cout, k, p, sparsity, act)
-    w = rng.standard_normal((cout, k)).astype(np.float32)
-    if sparsity:  # zero whole (GROUP x 1) groups, chosen here at random
-        rows = -(-cout // GROUP)
-        keep = rng.random((rows, k)) >= sparsity
-        w *= np.repeat(keep, GROUP, axis=0)[:cout]
+    w = _zero_groups(rng, rng.standard_normal((cout, k)).astype(np.float32), sparsity)
     x = rng.standard_normal((k, p)).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
     params, fn = ACTS[act]
@@ -111,9 +115,7 @@ def test_squeeze_excite(K, c, m, p, sparsity):
     both weights in the block layout (optionally with whole groups zeroed)."""
     rng = _rng("se", c, m, p, sparsity)
     w1, w2 = rng.standard_normal((m, c)).astype(np.float32), rng.standard_normal((c, m)).astype(np.float32)
-    for w in (w1, w2):
-        if sparsity:
-            w *= np.repeat(rng.random((-(-len(w) // GROUP), w.shape[1])) >= sparsity, GROUP, axis=0)[:len(w)]
+    w1, w2 = _zero_groups(rng, w1, sparsity), _zero_groups(rng, w2, sparsity)
     b1, b2 = rng.standard_normal(m).astype(np.float32), rng.standard_normal(c).astype(np.float32)
     x = rng.standard_normal((c, p)).astype(np.float32)
     (a1, f1), (a2, f2) = ACTS["relu"], ACTS["hardsigmoid"]
@@ -181,9 +183,7 @@ def test_conv_gemm_dw(K, k, c, h, w, kh, stride, pads, dil, sparsity):
     fused, against the two convs one after the other in float64. The jit kernel's bands are
     whole maps but for the wide ones."""
     rng = _rng("gemm_dw", k, c, h, w, kh, stride, sparsity)
-    w1 = rng.standard_normal((c, k)).astype(np.float32)
-    if sparsity:
-        w1 *= np.repeat(rng.random((-(-c // GROUP), k)) >= sparsity, GROUP, axis=0)[:c]
+    w1 = _zero_groups(rng, rng.standard_normal((c, k)).astype(np.float32), sparsity)
     _check_gemm_dw(K, rng, x_shape=(k, h, w), w1=w1, kh=kh, stride=stride, pads=pads, dil=dil)
 
 
