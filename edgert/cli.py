@@ -59,7 +59,7 @@ def cmd_run_cnn(args) -> int:
     if not args.image:
         raise EdgeError(f"{args.model} is an image model: give an image with --image FILE")
     m = load(args.model, threads=args.threads, backend=args.backend)
-    with _notice_after(3.0, "compiling the convolution kernels (first use only: about a minute, then cached)..."):
+    with _notice_after(3.0, "compiling the convolution kernels (first use only: about half a minute, then cached)..."):
         top = m.classify(args.image, top=args.top)
     for label, p in top:
         print(f"{p:8.4f}  {label}")

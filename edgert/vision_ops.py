@@ -49,7 +49,7 @@ def _check_conv_shape(op, x, out):
         oh = (h + pads[0] + pads[2] - (kh - 1) * dh - 1) // sh + 1
         ow = (w + pads[1] + pads[3] - (kw - 1) * dw - 1) // sw + 1
         groups = {"gemm": group == 1 and (kh, kw, sh, sw, *pads) == (1, 1, 1, 1, 0, 0, 0, 0),
-                  "depthwise": group == c == cout, "gemm_dw": group == cout,
+                  "depthwise": group == c == cout, "gemm_dw": group == cout and sw <= 2,
                   "im2col": c % group == 0 and cout % group == 0}
         ok = n_out == n and out.shape[2:] == (oh, ow) and groups.get(a["kind"], False)
     if not ok:

@@ -22,9 +22,13 @@ SHAPE = [1, 3, 9, 9]
 
 @pytest.fixture(scope="module", params=[None, 0], ids=["apart", "fused"])
 def edge_file(request, tmp_path_factory):
+    return _convert(tmp_path_factory.mktemp("damaged"), request.param)
+
+
+def _convert(d, fuse_min_bytes):
     """A 3x3 stride-2 conv (im2col), a 1x1 expand, a depthwise 3x3, a 1x1 projection and a
-    squeeze-and-excite block, converted with the expand and depthwise conv apart or fused
-    (gemm_dw)."""
+    squeeze-and-excite block, converted into d with the expand and depthwise conv apart
+    (fuse_min_bytes None) or fused (gemm_dw, 0)."""
     rng = np.random.default_rng(0)
     inits = {"w0": rng.standard_normal((8, 3, 3, 3)), "w1": rng.standard_normal((16, 8, 1, 1)),
              "w2": rng.standard_normal((16, 1, 3, 3)), "w3": rng.standard_normal((8, 16, 1, 1)),
@@ -39,9 +43,8 @@ def edge_file(request, tmp_path_factory):
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 5, 5])],
                               [numpy_helper.from_array(a.astype(np.float32), k) for k, a in inits.items()])
-    d = tmp_path_factory.mktemp("damaged")
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(d / "g.onnx"))
-    convert_onnx(str(d / "g.onnx"), str(d / "g.edge"), progress=False, fuse_min_bytes=request.param)
+    convert_onnx(str(d / "g.onnx"), str(d / "g.edge"), progress=False, fuse_min_bytes=fuse_min_bytes)
     return str(d / "g.edge")
 
 
@@ -104,6 +107,24 @@ def test_damaged_cnn_gets_a_clear_error(edge_file, tmp_path, damage, backend):
     m = edgert.load(bad, backend=backend)
     with pytest.raises(EdgeError, match=f"corrupt .*{message}"):
         m.run({"x": np.ones(SHAPE, np.float32)})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_conv_with_a_column_stride_above_2(tmp_path, backend):
+    """The fused 1x1 + depthwise kernel takes column strides 1 and 2 (the converter fuses no
+    other): a file whose gemm_dw op has stride 3, its output shape changed to fit, is refused
+    when bound on either backend."""
+    fused = []
+
+    def change(header):
+        prog = header["program"]
+        op = next(op for op in prog["ops"] if op["op"] == "conv" and op["attrs"]["kind"] == "gemm_dw")
+        op["attrs"]["strides"] = [1, 3]
+        prog["values"][op["out"][0]][3] = 2  # (5 + 2 - 3) // 3 + 1
+        fused.append(op["out"][0])
+    bad = _rewrite(_convert(tmp_path, 0), str(tmp_path / "bad.edge"), header_fn=change)
+    with pytest.raises(EdgeError, match=f"corrupt program: conv '{fused[0]}' .*do not fit"):
+        edgert.load(bad, backend=backend).run({"x": np.ones(SHAPE, np.float32)})
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

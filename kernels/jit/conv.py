@@ -34,6 +34,8 @@ Activations (``act`` f32[5] = a, b, lo, hi, m): y = min(max(a*x + b, lo), hi) * 
 identity (1, 0, -inf, inf, 0), relu (lo = 0), clip/relu6 (lo, hi), hardsigmoid (alpha, beta,
 0, 1, 0), hardswish (1/6, 1/2, 0, 1, 1).
 """
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import config, njit, prange, types
@@ -517,28 +519,14 @@ def _dw_channel(KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, 
                 j0 += DW_LANES
 
 
-@njit(inline="always")
-def _dw_plane(src, zero, base, pitch, pt, sh, sw, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi):
-    """_dw_channel with the tile variant for this kernel: unrolled for 3x3 / 5x5 at row stride 1
-    (column stride 1) or 2 (column stride 1 or 2) without row dilation, else the general tile
-    (column stride 1 or 2). sw is the stride between the columns the tile loads: 1 where
-    the image was split into column phases."""
-    if dh == 1 and sh == 1 and sw == 1 and kh == 3:
-        _dw_channel(3, 1, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-    elif dh == 1 and sh == 1 and sw == 1 and kh == 5:
-        _dw_channel(5, 1, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-    elif dh == 1 and sh == 2 and sw == 1 and kh == 3:
-        _dw_channel(3, 2, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-    elif dh == 1 and sh == 2 and sw == 1 and kh == 5:
-        _dw_channel(5, 2, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-    elif dh == 1 and sh == 2 and sw == 2 and kh == 3:
-        _dw_channel(3, 2, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-    elif dh == 1 and sh == 2 and sw == 2 and kh == 5:
-        _dw_channel(5, 2, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-    elif sw == 2:
-        _dw_channel(0, 0, 2, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
-    else:
-        _dw_channel(0, 0, 1, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, w0, b, act, out, d, OH, OW, lo, hi)
+def _dw_tile_kind(kh, sh, sw, dh):
+    """(KH, SH, SW), the literals of _dw_channel's tiles for a kernel of height kh, row stride
+    sh and row dilation dh whose tiles load every sw-th column (1 or 2; 1 where the image was
+    split into column phases): unrolled for 3x3 and 5x5 at row stride 1 (column stride 1) or 2
+    (column stride 1 or 2) without row dilation, else the general tile (0, 0, sw)."""
+    if dh == 1 and kh in (3, 5) and (sh == 2 or (sh == 1 and sw == 1)):
+        return int(kh), int(sh), int(sw)
+    return 0, 0, int(sw)
 
 
 @njit(inline="always")
@@ -551,7 +539,6 @@ def _direct_columns(kw, pl, dw, W):
     return coff, pl, W + pl - (kw - 1) * dw
 
 
-@njit(cache=True, nogil=True, fastmath=True, parallel=True)
 def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
     """out f32[C, OH, OW] = act(bias[c] + sum over i < kh, j < kw of w[c, i*kw + j] *
     x[c, oh*sh - pt + i*dh, ow*sw - pl + j*dw]) (0 outside the image); x f32[C, H, W],
@@ -563,30 +550,45 @@ def depthwise_conv(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
     loads where a tap's columns leave the image. Kernel heights 3 and 5 at row stride 1 or 2
     (no row dilation) have their own unrolled tiles. Otherwise each channel is first split
     into sw zero-padded column phases (_phase_split), so that a tap's columns in a tile are
-    contiguous in phase (j*dw) % sw from (j*dw) // sw on."""
-    C, H, W = x.shape
-    OH, OW = out.shape[1], out.shape[2]
-    if w.shape[0] != C or w.shape[1] != kh * kw or out.shape[0] != C or bias.shape[0] < C:
-        raise ValueError("depthwise_conv: shapes do not match")
-    xf = x.reshape(-1)
-    split = sw > 2 or (sw == 2 and kw >= 5 and W >= SPLIT_MIN_WIDTH)
-    QW, plane, coff, starts = _phases(H, W, OW, kw, sw if split else 1, pl, dw)
-    pitch, lo, hi = QW, 0, 1 << 62  # from phases: every tile reads inside them
-    if not split:  # the tiles read x itself
-        pitch = W
-        coff, lo, hi = _direct_columns(kw, pl, dw, W)
-    zero = np.zeros(pitch + 2 * LANES + ((sw - 1) * plane if split else 0), np.float32)  # the zero row
-    n_items = min(C, DW_ITEMS)
-    for item in prange(n_items):
-        buf = np.zeros(sw * plane if split else 0, np.float32)
-        src = buf if split else xf
-        for c in range(item * C // n_items, (item + 1) * C // n_items):
-            base = c * H * W
-            if split:
-                _phase_split(buf, 0, QW, starts, xf, base, H, W, sw)
-                base = 0
-            _dw_plane(src, zero, base, pitch, pt, sh, 1 if split else sw, dh, H, kh, coff, W, w, c * kh * kw, bias[c],
-                      act, out, c * OH * OW, OH, OW, lo, hi)
+    contiguous in phase (j*dw) % sw from (j*dw) // sw on.
+
+    Each tile variant is its own Numba kernel (_depthwise_kernel), compiled on first use, as
+    are conv_gemm_dw's: with every variant inlined into one kernel, the first run of
+    EfficientNet-Lite0 or PP-LCNet spent 62 s compiling, against 25-33 s now."""
+    split = sw > 2 or (sw == 2 and kw >= 5 and x.shape[2] >= SPLIT_MIN_WIDTH)
+    kernel = _depthwise_kernel(*_dw_tile_kind(kh, sh, 1 if split else sw, dh), split)
+    kernel(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out)
+
+
+@functools.cache
+def _depthwise_kernel(KH, SH, SW, split):
+    """depthwise_conv's Numba kernel for one tile variant (_dw_tile_kind), on column phases
+    (split) or on the image itself."""
+    @njit(cache=True, nogil=True, fastmath=True, parallel=True)
+    def kernel(x, w, bias, kh, kw, sh, sw, pt, pl, dh, dw, act, out):
+        C, H, W = x.shape
+        OH, OW = out.shape[1], out.shape[2]
+        if w.shape[0] != C or w.shape[1] != kh * kw or out.shape[0] != C or bias.shape[0] < C:
+            raise ValueError("depthwise_conv: shapes do not match")
+        xf = x.reshape(-1)
+        QW, plane, coff, starts = _phases(H, W, OW, kw, sw if split else 1, pl, dw)
+        pitch, lo, hi = QW, 0, 1 << 62  # from phases: every tile reads inside them
+        if not split:  # the tiles read x itself
+            pitch = W
+            coff, lo, hi = _direct_columns(kw, pl, dw, W)
+        zero = np.zeros(pitch + 2 * LANES + ((sw - 1) * plane if split else 0), np.float32)  # the zero row
+        n_items = min(C, DW_ITEMS)
+        for item in prange(n_items):
+            buf = np.zeros(sw * plane if split else 0, np.float32)
+            src = buf if split else xf
+            for c in range(item * C // n_items, (item + 1) * C // n_items):
+                base = c * H * W
+                if split:
+                    _phase_split(buf, 0, QW, starts, xf, base, H, W, sw)
+                    base = 0
+                _dw_channel(KH, SH, SW, src, zero, base, pitch, pt, sh, dh, H, kh, coff, W, w, c * kh * kw,
+                            bias[c], act, out, c * OH * OW, OH, OW, lo, hi)
+    return kernel
 
 
 GEMM_DW_CHANNELS = 32  # channels per step of a conv_gemm_dw band (expanded, then convolved, in cache)
@@ -666,7 +668,6 @@ def _move_down(buf, d, shift, n):
         buf[np.uint64(d + t)] = buf[np.uint64(d + shift + t)]
 
 
-@njit(cache=True, nogil=True, fastmath=True, parallel=True)
 def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl, dh, dw, dact, scratch, out):
     """A 1x1 conv and the depthwise conv that reads its output, without the whole intermediate
     map: out f32[C, OH, OW] = depthwise_conv(m, w, dbias, kh, kw, sh, sw, pt, pl, dh, dw, dact)
@@ -680,7 +681,7 @@ def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl,
     rows in bands (a multiple of DW_ROWS rows, the depthwise tile's height: as many as the
     buffer holds) and computes the map rows each band reads into its buffer -- the rows the previous band read
     too are moved up, not recomputed -- GEMM_DW_CHANNELS channels at a time, each expanded
-    (_gemm_tile) then convolved (_dw_plane) while in cache. A channel's buffer holds the map's
+    (_gemm_tile) then convolved (_dw_channel) while in cache. A channel's buffer holds the map's
     flat pixels from a0 on, a0 a multiple of LANES at or before the band's first row, so that
     the GEMM tiles' vectors are aligned as in conv_gemm.
 
@@ -688,65 +689,77 @@ def conv_gemm_dw(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl,
     larger than L2 (the 16 -> 96 expand at 112 x 112, 4.8 MB, and the stride-2 depthwise conv
     after it: 0.78 -> 0.70 ms dense, 0.73 -> 0.59 ms at 30% group sparsity); on maps that stay
     in cache it runs 0-7% slower than the two kernels apart."""
-    K, H, W = x.shape
-    C, OH, OW = out.shape
-    nb = ptr.shape[0] - 1
-    items, cap, RW = scratch.shape
-    if (vals.shape[1] != GROUP or C > nb * GROUP or bias.shape[0] < nb * GROUP or w.shape[0] != C
-            or w.shape[1] != kh * kw or dbias.shape[0] < C or items * cap < nb * GROUP or sw > 2
-            or RW < _band_rows(DW_ROWS, H, kh, sh, dh) * W + LANES):
-        raise ValueError("conv_gemm_dw: shapes do not match")
-    strips = _strips(H, W, OH, items)
-    if strips and cap < nb * GROUP:
-        raise ValueError("conv_gemm_dw: a work space for runs of channels, not strips of rows")
-    BR = DW_ROWS  # output rows per band: as many as the buffer holds
-    while BR < OH and _band_rows(BR + DW_ROWS, H, kh, sh, dh) * W + LANES <= RW:
-        BR += DW_ROWS
-    x2 = x.reshape(K, H * W)
-    clamp = _is_clamp(act)
-    width = LANES * V_TILE
-    coff, lo, hi = _direct_columns(kw, pl, dw, W)
-    zero = np.zeros(W + 2 * LANES, np.float32)
-    outf = out.reshape(-1)
-    step = GEMM_DW_CHANNELS // GROUP  # row blocks per step
-    runs = _runs(ptr, 1 if strips else items, cap // GROUP, H * W, DW_COST * OH * OW * kh * kw)
-    for item in prange(items):
-        buf = scratch[item]
-        bufl = buf.reshape(-1)
-        first, last, r0, r1 = 0, nb, OH * item // items, OH * (item + 1) // items  # row blocks, output rows
-        if not strips:
-            first, last, r0, r1 = runs[item], runs[item + 1], 0, OH
-        a0, s_lo, s_hi = 0, 0, 0  # buf's first pixel; the map rows it holds: [s_lo, s_hi)
-        for o0 in range(r0, r1, BR):
-            o1 = min(r1, o0 + BR)
-            r_lo = min(H, max(0, o0 * sh - pt))
-            r_hi = max(r_lo, min(H, (o1 - 1) * sh - pt + (kh - 1) * dh + 1))
-            keep = max(0, min(s_hi, r_hi) - r_lo) if s_lo <= r_lo else 0  # rows [r_lo, r_lo + keep) held
-            a1 = r_lo * W - (r_lo * W) % LANES
-            j_lo, j_hi = (r_lo + keep) * W, r_hi * W
-            j_lo -= (j_lo - a1) % LANES  # an aligned start (recomputing a few held pixels)
-            ntiles = (j_hi - j_lo + width - 1) // width
-            for b0 in range(first, last, step):
-                b1 = min(last, b0 + step)
-                if keep and a1 != a0:
-                    for c in range((b0 - first) * GROUP, (b1 - first) * GROUP):
-                        _move_down(bufl, c * RW + r_lo * W - a1, a1 - a0, keep * W)
-                for t0 in range(0, ntiles, TILES_PER_ITEM):
-                    for b in range(b0, b1):
-                        for t in range(t0, min(ntiles, t0 + TILES_PER_ITEM)):
-                            j = j_lo + t * width
-                            o = (b - first) * GROUP
-                            if j + width <= j_hi:
-                                _gemm_tile(LANES, V_TILE, False, x2, vals, idx, ptr[b], ptr[b + 1], bias[b * GROUP:],
-                                           act, clamp, buf[o:], None, 0, j, j - a1, j_hi)
-                            else:
-                                _gemm_tile(LANES, V_TILE, True, x2, vals, idx, ptr[b], ptr[b + 1], bias[b * GROUP:],
-                                           act, clamp, buf[o:], None, 0, j, j - a1, j_hi)
-                for c in range(b0 * GROUP, min(C, b1 * GROUP)):
-                    _dw_plane(bufl, zero, (c - first * GROUP) * RW + r_lo * W - a1, W, pt + r_lo - o0 * sh, sh, sw,
-                              dh, r_hi - r_lo, kh, coff, W, w, c * kh * kw, dbias[c], dact, outf, (c * OH + o0) * OW,
-                              o1 - o0, OW, lo, hi)
-            a0, s_lo, s_hi = a1, r_lo, r_hi
+    if sw not in (1, 2):
+        raise ValueError(f"conv_gemm_dw: column stride {sw}; 1 or 2 only")
+    kernel = _gemm_dw_kernel(*_dw_tile_kind(kh, sh, sw, dh))
+    kernel(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl, dh, dw, dact, scratch, out)
+
+
+@functools.cache
+def _gemm_dw_kernel(KH, SH, SW):
+    """conv_gemm_dw's Numba kernel for one depthwise tile variant (_dw_tile_kind)."""
+    @njit(cache=True, nogil=True, fastmath=True, parallel=True)
+    def kernel(x, vals, idx, ptr, bias, act, w, dbias, kh, kw, sh, sw, pt, pl, dh, dw, dact, scratch, out):
+        K, H, W = x.shape
+        C, OH, OW = out.shape
+        nb = ptr.shape[0] - 1
+        items, cap, RW = scratch.shape
+        if (vals.shape[1] != GROUP or C > nb * GROUP or bias.shape[0] < nb * GROUP or w.shape[0] != C
+                or w.shape[1] != kh * kw or dbias.shape[0] < C or items * cap < nb * GROUP
+                or RW < _band_rows(DW_ROWS, H, kh, sh, dh) * W + LANES):
+            raise ValueError("conv_gemm_dw: shapes do not match")
+        strips = _strips(H, W, OH, items)
+        if strips and cap < nb * GROUP:
+            raise ValueError("conv_gemm_dw: a work space for runs of channels, not strips of rows")
+        BR = DW_ROWS  # output rows per band: as many as the buffer holds
+        while BR < OH and _band_rows(BR + DW_ROWS, H, kh, sh, dh) * W + LANES <= RW:
+            BR += DW_ROWS
+        x2 = x.reshape(K, H * W)
+        clamp = _is_clamp(act)
+        width = LANES * V_TILE
+        coff, lo, hi = _direct_columns(kw, pl, dw, W)
+        zero = np.zeros(W + 2 * LANES, np.float32)
+        outf = out.reshape(-1)
+        step = GEMM_DW_CHANNELS // GROUP  # row blocks per step
+        runs = _runs(ptr, 1 if strips else items, cap // GROUP, H * W, DW_COST * OH * OW * kh * kw)
+        for item in prange(items):
+            buf = scratch[item]
+            bufl = buf.reshape(-1)
+            first, last, r0, r1 = 0, nb, OH * item // items, OH * (item + 1) // items  # row blocks, output rows
+            if not strips:
+                first, last, r0, r1 = runs[item], runs[item + 1], 0, OH
+            a0, s_lo, s_hi = 0, 0, 0  # buf's first pixel; the map rows it holds: [s_lo, s_hi)
+            for o0 in range(r0, r1, BR):
+                o1 = min(r1, o0 + BR)
+                r_lo = min(H, max(0, o0 * sh - pt))
+                r_hi = max(r_lo, min(H, (o1 - 1) * sh - pt + (kh - 1) * dh + 1))
+                keep = max(0, min(s_hi, r_hi) - r_lo) if s_lo <= r_lo else 0  # rows [r_lo, r_lo + keep) held
+                a1 = r_lo * W - (r_lo * W) % LANES
+                j_lo, j_hi = (r_lo + keep) * W, r_hi * W
+                j_lo -= (j_lo - a1) % LANES  # an aligned start (recomputing a few held pixels)
+                ntiles = (j_hi - j_lo + width - 1) // width
+                for b0 in range(first, last, step):
+                    b1 = min(last, b0 + step)
+                    if keep and a1 != a0:
+                        for c in range((b0 - first) * GROUP, (b1 - first) * GROUP):
+                            _move_down(bufl, c * RW + r_lo * W - a1, a1 - a0, keep * W)
+                    for t0 in range(0, ntiles, TILES_PER_ITEM):
+                        for b in range(b0, b1):
+                            for t in range(t0, min(ntiles, t0 + TILES_PER_ITEM)):
+                                j = j_lo + t * width
+                                o = (b - first) * GROUP
+                                if j + width <= j_hi:
+                                    _gemm_tile(LANES, V_TILE, False, x2, vals, idx, ptr[b], ptr[b + 1],
+                                               bias[b * GROUP:], act, clamp, buf[o:], None, 0, j, j - a1, j_hi)
+                                else:
+                                    _gemm_tile(LANES, V_TILE, True, x2, vals, idx, ptr[b], ptr[b + 1],
+                                               bias[b * GROUP:], act, clamp, buf[o:], None, 0, j, j - a1, j_hi)
+                    for c in range(b0 * GROUP, min(C, b1 * GROUP)):
+                        _dw_channel(KH, SH, SW, bufl, zero, (c - first * GROUP) * RW + r_lo * W - a1, W,
+                                    pt + r_lo - o0 * sh, sh, dh, r_hi - r_lo, kh, coff, W, w, c * kh * kw, dbias[c],
+                                    dact, outf, (c * OH + o0) * OW, o1 - o0, OW, lo, hi)
+                a0, s_lo, s_hi = a1, r_lo, r_hi
+    return kernel
 
 
 @njit(cache=True, nogil=True, fastmath=True, parallel=True)
