@@ -17,10 +17,11 @@ layout with every column present; sparse and dense run the same kernel.
 The GEMM's inner loop is an ``intrinsic`` (``_gemm_tile``) emitting LLVM IR: GROUP rows x V
 vectors of LANES pixels held in registers across the whole K loop (plain Numba loops leave
 the accumulators in memory and ran at 2 GMAC/s here, the intrinsic at 25-50, as fast as
-OpenBLAS on the large layers). The last, partial pixel tile uses masked loads and stores.
-Bias and the activation are applied to the tile in registers before its single store; a
-plain clamp (identity, relu, relu6) takes max and min alone, which matters most where
-pruning leaves few k per tile (EfficientNet-Lite0's pruned 1x1 layers 3-5% faster).
+OpenBLAS on the large layers). The last, partial pixel tile uses masked loads and stores, and
+is one vector wide where one holds its pixels (_tile). Bias and the activation are applied to
+the tile in registers before its single store; a plain clamp (identity, relu, relu6) takes
+max and min alone, which matters most where pruning leaves few k per tile (EfficientNet-Lite0's
+pruned 1x1 layers 3-5% faster).
 
 Depthwise convolution has its own register tile (``_dw_tile``): DW_ROWS output rows x LANES
 columns of one channel (DW_LANES at the end of a row), all taps accumulated in registers,
@@ -257,6 +258,20 @@ def _is_clamp(act):
     return act[0] == 1 and act[1] == 0 and act[4] == 0
 
 
+@njit(inline="always")
+def _tile(x, vals, idx, k0, k1, bias, act, clamp, out, res, o0, j0, jo, jend):
+    """_gemm_tile on the pixels from j0 on: V_TILE vectors, masked only where they pass jend,
+    and a single masked vector where one holds the pixels left: EfficientNet-Lite0's and
+    PP-LCNet's 14 x 14 maps end in a tile of 4 pixels (of 32, with AVX-512), their 28 x 28 maps
+    and 112-wide rows in one of 16."""
+    if j0 + LANES * V_TILE <= jend:
+        _gemm_tile(LANES, V_TILE, False, x, vals, idx, k0, k1, bias, act, clamp, out, res, o0, j0, jo, jend)
+    elif j0 + LANES >= jend:
+        _gemm_tile(LANES, 1, True, x, vals, idx, k0, k1, bias, act, clamp, out, res, o0, j0, jo, jend)
+    else:
+        _gemm_tile(LANES, V_TILE, True, x, vals, idx, k0, k1, bias, act, clamp, out, res, o0, j0, jo, jend)
+
+
 GEMV_ACCS = 4  # accumulators of _gemv_block
 TILES_PER_ITEM = 8  # pixel tiles per parallel work item
 
@@ -294,7 +309,6 @@ def conv_gemm(x, vals, idx, ptr, bias, act, out, res=None):
         return
     clamp = _is_clamp(act)
     width = LANES * V_TILE
-    full = P // width
     ntiles = (P + width - 1) // width
     nchunks = _pixel_chunks(P)
     if nchunks > 1:  # a multiple of the pool's threads, of equal size: each thread gets as many tiles
@@ -305,10 +319,7 @@ def conv_gemm(x, vals, idx, ptr, bias, act, out, res=None):
         k0, k1 = ptr[b], ptr[b + 1]
         for t in range(c * ntiles // nchunks, (c + 1) * ntiles // nchunks):
             j = t * width
-            if t < full:
-                _gemm_tile(LANES, V_TILE, False, x, vals, idx, k0, k1, bias, act, clamp, out, res, b * GROUP, j, j, P)
-            else:
-                _gemm_tile(LANES, V_TILE, True, x, vals, idx, k0, k1, bias, act, clamp, out, res, b * GROUP, j, j, P)
+            _tile(x, vals, idx, k0, k1, bias, act, clamp, out, res, b * GROUP, j, j, P)
 
 
 _DW_TILE_ARGS = ("L", "R", "KH", "SH", "SW", "masked", "src", "zero", "base", "pitch", "ih0", "sh", "dh", "H", "kh",
@@ -748,12 +759,8 @@ def _gemm_dw_kernel(KH, SH, SW):
                             for t in range(t0, min(ntiles, t0 + TILES_PER_ITEM)):
                                 j = j_lo + t * width
                                 o = (b - first) * GROUP
-                                if j + width <= j_hi:
-                                    _gemm_tile(LANES, V_TILE, False, x2, vals, idx, ptr[b], ptr[b + 1],
-                                               bias[b * GROUP:], act, clamp, buf[o:], None, 0, j, j - a1, j_hi)
-                                else:
-                                    _gemm_tile(LANES, V_TILE, True, x2, vals, idx, ptr[b], ptr[b + 1],
-                                               bias[b * GROUP:], act, clamp, buf[o:], None, 0, j, j - a1, j_hi)
+                                _tile(x2, vals, idx, ptr[b], ptr[b + 1], bias[b * GROUP:], act, clamp, buf[o:], None,
+                                      0, j, j - a1, j_hi)
                     for c in range(b0 * GROUP, min(C, b1 * GROUP)):
                         _dw_channel(KH, SH, SW, bufl, zero, (c - first * GROUP) * RW + r_lo * W - a1, W,
                                     pt + r_lo - o0 * sh, sh, dh, r_hi - r_lo, kh, coff, W, w, c * kh * kw, dbias[c],
@@ -801,12 +808,8 @@ def conv_direct(x, kh, kw, sh, sw, pt, pl, dh, dw, vals, idx, ptr, bias, act, ou
         b = item - oh * nb
         j0 = oh * sh * QW
         for t in range(0, OW, width):
-            if t + width <= OW:
-                _gemm_tile(LANES, V_TILE, False, xb, vals, off, ptr[b], ptr[b + 1], bias, act, clamp, out2, None,
-                           b * GROUP, j0 + t, oh * OW + t, j0 + OW)
-            else:
-                _gemm_tile(LANES, V_TILE, True, xb, vals, off, ptr[b], ptr[b + 1], bias, act, clamp, out2, None,
-                           b * GROUP, j0 + t, oh * OW + t, j0 + OW)
+            _tile(xb, vals, off, ptr[b], ptr[b + 1], bias, act, clamp, out2, None, b * GROUP, j0 + t, oh * OW + t,
+                  j0 + OW)
 
 
 DENSE_COLS = 512  # output columns per parallel work item
