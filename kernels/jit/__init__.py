@@ -2,24 +2,25 @@
 
 Threading: the OpenMP layer is selected when Numba has it (a parallel region launches in a
 few microseconds, against tens with workqueue), unless NUMBA_THREADING_LAYER chose one.
-GOMP_SPINCOUNT defaults to 10000 (about 0.5 ms of spinning after each region here, against
-libgomp's 300000, about 15 ms). With 1000 (the default until the thirteenth session), a worker
-often went to sleep between two regions and took 100-300 us to wake on this shared VM: a
-256 x 14 x 14 5x5 depthwise conv on 2 threads ran in 150-350 us in most seconds of a minute
-instead of 24-41 us (1 thread: 42 us), and PP-LCNet on 2 threads in 4.4-7.2 ms instead of
-3.0-3.7. The cost is with OpenBLAS's threads (float-weight matmuls, np.matmul) alternating
-with parallel regions on 2 threads: 30 depthwise convs each followed by a [1, 576] x [576,
-1536] float matmul took 4.6 ms with 1000, 31 ms with 10000, 307 ms with 300000 (the matmuls
-alone 0.9 ms). Only float LLM weights (F32 GGUF tensors) take that path; the quantized LLM
-kernels and every CNN op are Numba's own. Both settings take effect only if libgomp is not
-loaded yet in the process.
+GOMP_SPINCOUNT defaults to 1000 (libgomp's own is 300000, about 15 ms of spinning after each
+region here): with libgomp's default, idle OpenMP workers kept spinning while OpenBLAS ran
+float matmuls in the same process, which then ran 10-40x slower. With 1000, though, a worker
+often falls asleep between two regions and takes 100-300 us to wake on this shared VM: a 256
+x 14 x 14 5x5 depthwise conv on 2 threads ran in 92-186 us in most seconds of a minute
+instead of 24-41 us (1 thread: 42 us), PP-LCNet on 2 threads in 3.2-7.2 ms instead of
+2.2-3.7. GOMP_SPINCOUNT=10000 (about 0.5 ms) gives the latter, and is worth setting for CNNs
+on 2 or more threads; it is not the default because it costs elsewhere: 30 depthwise convs
+each followed by a [1, 576] x [576, 1536] float np.matmul took 31 ms instead of 4.6 (the
+matmuls alone 0.9 ms), and a quantized draft drafting beside a streamed target
+(tests/test_speculative.py) stopped gaining tokens in two CI runs of the whole suite. Both
+settings take effect only if libgomp is not loaded yet in the process.
 """
 import os
 
 import numba
 
 if numba.config.THREADING_LAYER == "default":
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     try:
         from numba.np.ufunc import omppool  # noqa: F401  (loads libgomp; raises if missing)
 
