@@ -240,13 +240,18 @@ def test_pure_draft_beside_a_streamed_target_is_lossless(qwen15_edge, qwen05_ggu
     spec = edgert.load(qwen15_edge, threads=1, context=256, memory_budget=rss_now() + (800 << 20), draft=draft)
     assert spec.plan.stream  # the target does stream
     target = edgert.load(qwen15_edge, threads=1, context=256)
+    drafted = accepted = 0
     for prompt in prompts[:2]:
         ids = target.tokenizer.encode(prompt)
-        assert _greedy(spec, ids, 24) == _greedy(target, ids, 24), prompt
-    # How many tokens a step gains is the planner's choice from measured times (it drafts only
-    # where that pays): a speed figure, measured by benchmarks/speculative.py. Asserted here
-    # (> 1.5), it failed three whole-suite CI runs of 2026-12-06 on a noisy host at 1.0.
-    assert spec.stats["verify_steps"] > 0
+        got = _greedy(spec, ids, 24)
+        drafted += spec.stats["drafted_tokens"]
+        accepted += spec.stats["accepted_tokens"]
+        assert got == _greedy(target, ids, 24), prompt
+    # The draft's tokens were verified and kept. How many a step gains is the planner's choice
+    # from measured times (it drafts only where that pays), a speed figure for
+    # benchmarks/speculative.py: asserted here as tokens per step > 1.5, it read 1.0 on the
+    # second prompt in three whole-suite CI runs of 2026-12-06 on a noisy host.
+    assert drafted > 0 and accepted > 0
 
 
 def test_evicted_steps_free_their_arenas_at_once(tiny):

@@ -11,9 +11,8 @@ instead of 24-41 us (1 thread: 42 us), PP-LCNet on 2 threads in 3.2-7.2 ms inste
 2.2-3.7. GOMP_SPINCOUNT=10000 (about 0.5 ms) gives the latter, and is worth setting for CNNs
 on 2 or more threads; it is not the default because it costs elsewhere: 30 depthwise convs
 each followed by a [1, 576] x [576, 1536] float np.matmul took 31 ms instead of 4.6 (the
-matmuls alone 0.9 ms) (a speculative test that failed twice in CI at 10000 failed at 1000 too:
-host noise, not a cost; a per-process choice, long for CNNs, is worth trying). Both
-settings take effect only if libgomp is not loaded yet in the process.
+matmuls alone 0.9 ms). Both settings take effect only if libgomp is not loaded yet in the
+process.
 """
 import os
 
