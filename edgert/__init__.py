@@ -14,9 +14,12 @@ def load(path: str, **kwargs):
     """Open an .edge file: a language model (edgert.model.Model) or, for kind "cnn", a
     converted ONNX graph (edgert.classifier.Classifier: threads=, backend=); see those for
     the keyword arguments."""
+    from . import kernels
     from .format import EdgeFile
 
-    if EdgeFile(path).header.get("kind") == "cnn":
+    cnn = EdgeFile(path).header.get("kind") == "cnn"
+    kernels.prefer_spin_count("cnn" if cnn else "llm")
+    if cnn:
         from .classifier import Classifier
 
         return Classifier(path, **kwargs)

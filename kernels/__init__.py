@@ -5,9 +5,20 @@ with the same names and signatures, which also run under Pyodide).
 """
 import importlib
 import os
+import sys
 from contextlib import contextmanager
 
 BACKENDS = ("jit", "ref")
+SPIN_COUNTS = {"llm": "1000", "cnn": "10000"}  # GOMP_SPINCOUNT per model kind: see jit/__init__.py
+
+
+def prefer_spin_count(kind: str) -> None:
+    """Set GOMP_SPINCOUNT for a process whose first model is of `kind` ("llm" | "cnn"), unless
+    the user set it or the OpenMP runtime is loaded already (libgomp reads it once, when the
+    jit backend first imports): CNNs want their workers to spin between kernels, float LLM
+    weights (np.matmul, OpenBLAS's own threads) want them asleep."""
+    if f"{__name__}.jit" not in sys.modules:
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNTS[kind])
 
 
 def _numba():

@@ -83,6 +83,29 @@ def test_without_numba(monkeypatch):
         pass
 
 
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed: no OpenMP runtime to configure")
+@pytest.mark.parametrize("first, preset, expect", [("cnn", None, "10000"), ("llm", None, "1000"), ("cnn", "7", "7")])
+def test_spin_count_follows_the_first_model(tmp_path, first, preset, expect):
+    """edgert.load sets GOMP_SPINCOUNT by its first model's kind before the OpenMP runtime
+    loads (kernels.prefer_spin_count); the user's own setting wins, and a second model of the
+    other kind changes nothing (libgomp has read it by then)."""
+    from test_damaged_cnn import _convert
+    from tiny_llm import make_tiny_llm
+
+    paths = {"cnn": _convert(tmp_path, None), "llm": make_tiny_llm(str(tmp_path / "llm.edge"), seed=0)}
+    order = [paths[first], paths["llm" if first == "cnn" else "cnn"]]
+    code = ("import os, sys, edgert\n"
+            "for p in sys.argv[1:]:\n"
+            "    edgert.load(p)\n"
+            "    print(os.environ.get('GOMP_SPINCOUNT'), 'edgert.kernels.jit' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "EDGERT_KERNELS")}
+    if preset is not None:
+        env["GOMP_SPINCOUNT"] = preset
+    run = subprocess.run([sys.executable, "-c", code, *order], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [expect, "True"] * 2
+
+
 # --- quantized products -----------------------------------------------------------------------
 
 ACTS = [np.int16, np.int8]  # activation precisions: int16 natural order, int8 pair order

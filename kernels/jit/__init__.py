@@ -2,24 +2,28 @@
 
 Threading: the OpenMP layer is selected when Numba has it (a parallel region launches in a
 few microseconds, against tens with workqueue), unless NUMBA_THREADING_LAYER chose one.
-GOMP_SPINCOUNT defaults to 1000 (libgomp's own is 300000, about 15 ms of spinning after each
-region here): with libgomp's default, idle OpenMP workers kept spinning while OpenBLAS ran
-float matmuls in the same process, which then ran 10-40x slower. With 1000, though, a worker
-often falls asleep between two regions and takes 100-300 us to wake on this shared VM: a 256
-x 14 x 14 5x5 depthwise conv on 2 threads ran in 92-186 us in most seconds of a minute
-instead of 24-41 us (1 thread: 42 us), PP-LCNet on 2 threads in 3.2-7.2 ms instead of
-2.2-3.7. GOMP_SPINCOUNT=10000 (about 0.5 ms) gives the latter, and is worth setting for CNNs
-on 2 or more threads; it is not the default because it costs elsewhere: 30 depthwise convs
-each followed by a [1, 576] x [576, 1536] float np.matmul took 31 ms instead of 4.6 (the
-matmuls alone 0.9 ms). Both settings take effect only if libgomp is not loaded yet in the
-process.
+GOMP_SPINCOUNT (how long an idle OpenMP worker spins before it sleeps; libgomp reads it once,
+when this module first loads it) is chosen per process by the kind of its first model
+(kernels.prefer_spin_count, called by edgert.load; 1000 if nothing chose). Measured on a
+2-vCPU EPYC VM:
+- libgomp's own default, 300000 (about 15 ms of spinning after each region): idle workers
+  kept spinning while OpenBLAS ran float matmuls in the same process, which then ran 10-40x
+  slower. 30 depthwise convs on 2 threads, each followed by a [1, 576] x [576, 1536] float
+  np.matmul: 307 ms at 300000, 31 ms at 10000, 4.6 ms at 1000 (the matmuls alone 0.9 ms). So
+  language models, whose float weights take np.matmul, get 1000.
+- At 1000, though, a worker often falls asleep between two regions and takes 100-300 us to
+  wake: a 256 x 14 x 14 5x5 depthwise conv on 2 threads ran in 92-186 us in most seconds of a
+  minute instead of 24-41 us (1 thread: 42 us), PP-LCNet in 3.2-7.2 ms instead of 2.2-3.7.
+  So CNNs, which run one short kernel after another and no BLAS, get 10000 (about 0.5 ms).
 """
 import os
 
 import numba
 
+from .. import SPIN_COUNTS
+
 if numba.config.THREADING_LAYER == "default":
-    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNTS["llm"])
     try:
         from numba.np.ufunc import omppool  # noqa: F401  (loads libgomp; raises if missing)
 
