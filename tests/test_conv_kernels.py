@@ -82,6 +82,25 @@ def test_conv_gemm(K, cout, k, p, sparsity, act, residual):
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dense_part", [slice(0, 16), slice(48, 64)])
+def test_conv_gemm_unequal_blocks(K, threads, dense_part):
+    """Row blocks of very unequal cost on a map of one pixel chunk, which the jit kernel's
+    threads share by row blocks: one quarter of the rows (first or last) keeps every column,
+    a quarter one column, the rest none."""
+    rng = _rng("gemm unequal", dense_part.start)
+    w = rng.standard_normal((64, 96)).astype(np.float32)
+    keep = np.zeros_like(w, bool)
+    keep[dense_part], keep[16:32:3, 5] = True, True
+    w *= keep
+    x = rng.standard_normal((96, 50)).astype(np.float32)
+    vals, idx, ptr, b = block_layout(w, np.zeros(64, np.float32))
+    out = np.full((64, 50), np.nan, np.float32)
+    with kernels.threads(threads):
+        K.conv_gemm(x, vals, idx, ptr, b, np.array(ACTS["relu"][0], np.float32), out)
+    np.testing.assert_allclose(out, np.maximum(w.astype(np.float64) @ x, 0), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("p", [1, 20])
 def test_conv_gemm_on_a_slice_of_ptr(K, p):
     """A grouped conv's layouts stored one after the other: group 1 passes its own slice of ptr,
