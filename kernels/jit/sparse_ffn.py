@@ -17,11 +17,12 @@ def sparse_ffn(fmt, x, act, idx, slots, up_d, up_m, up_qs, down_d, down_qs, out)
     n, D = x.shape
     a = idx.size
     nb = D // 32
-    coef = np.zeros((a, n), np.float32)
+    coef = np.empty((a, n), np.float32)  # np.zeros here would be a parallel region of its own
     for j in prange(a):
         s = slots[j]
         for t in range(n):
             if act[t, idx[j]] == 0:
+                coef[j, t] = 0
                 continue
             acc = np.float32(0)
             for b in range(nb):
