@@ -278,6 +278,18 @@ def test_conv_direct(K, c, h, w, kh, kw, stride, pads, dil, groups, cout, sparsi
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_bands_at_each_thread_count(K, threads):
+    """depthwise_conv's bands of output rows (on maps the ops around it split by pixels) and
+    conv_direct's split by bands of rows, each band zeroing its own padding, on 1 and 2
+    threads: whichever thread takes a band, its rows, halo and padding come out the same."""
+    with kernels.threads(threads):
+        test_depthwise_conv(K, 3, 40, 45, 3, (1, 1), (1, 1, 1, 1), (1, 1))   # 6 bands of 7 rows, the last 5
+        test_depthwise_conv(K, 2, 23, 41, 5, (2, 2), (2, 2, 2, 2), (1, 1))   # stride 2 on the image itself
+        test_conv_direct(K, 3, 40, 37, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1, 16, 0.5, "relu6")
+        test_conv_direct(K, 2, 3, 5, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, 4, 0.0, "identity")  # 5 rows, 5 bands
+
+
 @pytest.mark.parametrize("m,k,n", [(1, 1280, 1000), (3, 7, 5), (2, 64, 129)])
 def test_dense(K, m, k, n):
     rng = _rng("dense", m, k, n)
