@@ -191,10 +191,13 @@ class _Lowering:
         self.tensors = []  # (name, dtype, shape, array)
         self.const_val = {}
         self.consumers = {}
+        self.reader = {}  # ONNX tensor -> the last node that reads it (the only one where consumers is 1)
+        self.scale = {}  # ONNX tensor -> the scalar it stands for a multiple of, folded into the dense op reading it
         for node in f.graph.node:
             for i in node.input:
                 if i:
                     self.consumers[i] = self.consumers.get(i, 0) + 1
+                    self.reader[i] = node
         for o in f.graph.output:
             self.consumers[o.name] = self.consumers.get(o.name, 0) + 1
 
@@ -291,6 +294,31 @@ class _Lowering:
     # ops
     def op_Identity(self, node, a):
         self.val[node.output[0]] = self.value(node.input[0])
+        self._pass_scale(node)
+
+    def _pass_scale(self, node):
+        """A reshape or identity node hands a pending scale on to its output (see _folds_into_dense)."""
+        if node.input[0] in self.scale:
+            self.scale[node.output[0]] = self.scale.pop(node.input[0])
+
+    def _folds_into_dense(self, name) -> bool:
+        """Whether ONNX tensor `name` reaches, through reshapes (Reshape, Flatten, Squeeze,
+        Unsqueeze, Identity) and nothing else, the data input of one Gemm or MatMul that
+        becomes a dense op: then a constant scalar factor of `name` goes into that op's weights
+        (a Mul by a constant after the last activation, as in the head of PP-LCNet, where
+        Paddle's inference-mode dropout exports as Mul by 1 - p)."""
+        while self.consumers.get(name) == 1 and name in self.reader:
+            node = self.reader[name]
+            if node.input[0] != name:
+                return False
+            if node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"):
+                name = node.output[0]
+                continue
+            b = self.const(node.input[1]) if len(node.input) > 1 else None
+            if node.op_type == "Gemm":
+                return b is not None and not _attrs(node).get("transA", 0)
+            return node.op_type == "MatMul" and b is not None and b.ndim == 2 and len(self.shape(name)) >= 2
+        return False
 
     def op_Dropout(self, node, a):
         if a.get("training_mode") or (len(node.input) > 2 and node.input[2]):
@@ -404,6 +432,14 @@ class _Lowering:
                     p = self.pending[dense["out"][0]]
                     p["b"] = np.asarray(c if p["b"] is None else p["b"] + c, np.float32)
                     self.val[y] = dense["out"][0]
+                    return
+        if fn == "mul":  # a scalar constant factor folds into the dense op that its product flows into
+            for k in (0, 1):
+                c, other = self.const(node.input[k]), node.input[1 - k]
+                if (c is not None and c.size == 1 and self.const(other) is None
+                        and self.shape(other) == self.shape(y) and self._folds_into_dense(y)):
+                    self.val[y] = self.value(other)
+                    self.scale[y] = self.scale.pop(other, 1.0) * float(c.reshape(-1)[0])
                     return
         if fn in ("add", "mul"):  # a per-channel constant after a conv folds into its bias / weights
             for k in (0, 1):
@@ -520,6 +556,7 @@ class _Lowering:
 
     def _dense(self, node, w, bias, src_onnx, y):
         v = self.emit("dense", [self.value(src_onnx)], self.shape(y), None, y)
+        w = w * self.scale.pop(src_onnx, 1.0)  # a constant factor of its input (see _folds_into_dense)
         self.pending[v] = {"w": np.asarray(w, np.float32), "b": None if bias is None else np.asarray(bias, np.float32),
                            "rows": int(np.prod(self.shape(y)[:-1]))}
 
@@ -548,6 +585,7 @@ class _Lowering:
     def _reshape(self, node, a):
         y = node.output[0]
         self.emit("reshape", [self.value(node.input[0])], self.shape(y), None, y)
+        self._pass_scale(node)
 
     op_Reshape = op_Flatten = op_Squeeze = op_Unsqueeze = _reshape
 

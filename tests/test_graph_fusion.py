@@ -86,3 +86,39 @@ def test_squeeze_excite_fuses_only_where_it_may(tmp_path, backend, pool):
     for seed in range(3):
         x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
         np.testing.assert_allclose(m.run({"x": x})["z"], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+
+def _head_graph(path, head):
+    """A classifier head on x [1, 8, 6, 7]: f = flatten(0.8 * relu(conv(pool(x)))), then z =
+    f @ W + b by `head` (Gemm or MatMul and Add): the scalar folds into W. A second branch,
+    g = 0.5 * relu(conv(pool(x))), is also an output, so its Mul stays."""
+    rng = np.random.default_rng(7)
+    inits = {"w": rng.standard_normal((16, 8, 1, 1)), "B": rng.standard_normal((16, 5)), "bias": rng.standard_normal(5),
+             "k": np.array([0.8]), "h": np.array(0.5)}
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Conv", ["p", "w"], ["c"]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Mul", ["k", "r"], ["s"]),
+             helper.make_node("Flatten", ["s"], ["f"]), helper.make_node("Mul", ["r", "h"], ["g"])]
+    nodes += ([helper.make_node("Gemm", ["f", "B", "bias"], ["z"])] if head == "gemm" else
+              [helper.make_node("MatMul", ["f", "B"], ["m"]), helper.make_node("Add", ["m", "bias"], ["z"])])
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 5]),
+                               helper.make_tensor_value_info("g", TensorProto.FLOAT, [1, 16, 1, 1])],
+                              [numpy_helper.from_array(a.astype(np.float32), k) for k, a in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", ["gemm", "matmul"])
+def test_scalar_factor_folds_into_dense(tmp_path, backend, head):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference (pip install '.[oracle]')")
+    src = _head_graph(tmp_path / "h.onnx", head)
+    convert_onnx(src, str(tmp_path / "h.edge"), progress=False)
+    m = edgert.load(str(tmp_path / "h.edge"), backend=backend)
+    assert [op["op"] for op in m.program["ops"]] == ["global_pool", "conv", "reshape", "const", "binary", "dense"]
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
+        got, want = m.run({"x": x}), sess.run(None, {"x": x})
+        np.testing.assert_allclose(got["z"], want[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got["g"], want[1], rtol=1e-4, atol=1e-5)
