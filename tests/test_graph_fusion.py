@@ -1,6 +1,8 @@
-"""Graph fusions of the ONNX converter on a small graph, against onnxruntime: a residual Add
+"""Graph fusions of the ONNX converter on small graphs, against onnxruntime: a residual Add
 goes into the 1x1 conv before it only when nothing else reads the conv's output and the other
-operand already exists when the conv runs."""
+operand already exists when the conv runs; a squeeze-and-excite block becomes one op only
+when nothing else reads its inner values; a scalar factor goes into the dense op its product
+reaches through reshapes, and stays a Mul where its product is read elsewhere."""
 import importlib.util
 
 import numpy as np
@@ -17,6 +19,34 @@ BACKENDS = ["ref", pytest.param("jit", marks=pytest.mark.skipif(not HAS_NUMBA, r
 SHAPE = [1, 8, 6, 7]
 
 
+def _save(path, name: str, nodes: list, outputs: dict, inits: dict) -> str:
+    """Write an opset-13 graph of these nodes on input x f32[SHAPE] with outputs {name: shape}
+    and initializers {name: array} (stored as float32)."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, s) for k, s in outputs.items()],
+                              [numpy_helper.from_array(np.asarray(a, np.float32), k) for k, a in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return str(path)
+
+
+def _convert(tmp_path, src: str, backend: str):
+    """(src converted and loaded on `backend`, src's onnxruntime session)."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference (pip install '.[oracle]')")
+    convert_onnx(src, str(tmp_path / "m.edge"), progress=False)
+    return edgert.load(str(tmp_path / "m.edge"), backend=backend), ort.InferenceSession(src, providers=[
+        "CPUExecutionProvider"])
+
+
+def _assert_matches(m, sess):
+    """Every output of m equals onnxruntime's on three random inputs."""
+    names = [o.name for o in sess.get_outputs()]
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
+        got = m.run({"x": x})
+        for name, want in zip(names, sess.run(None, {"x": x})):
+            np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
+
+
 def _residual_graph(path):
     """y1 = conv_a(x) + x (fusable); y2 = conv_b(y1) + y1 with conv_b's output also read by a
     Relu (not fusable); y3 = conv_c(y2) + relu(y2), the Relu placed after conv_c (not
@@ -28,26 +58,16 @@ def _residual_graph(path):
              helper.make_node("Relu", ["b"], ["rb"]),
              helper.make_node("Conv", ["y2", "wc"], ["c"]), helper.make_node("Relu", ["y2"], ["r"]),
              helper.make_node("Add", ["c", "r"], ["y3"]), helper.make_node("Add", ["y3", "rb"], ["z"])]
-    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, SHAPE)],
-                              [numpy_helper.from_array(a, k) for k, a in inits.items()])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    return str(path)
+    return _save(path, "residual", nodes, {"z": SHAPE}, inits)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_residual_add_fuses_only_where_it_may(tmp_path, backend):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference (pip install '.[oracle]')")
-    src = _residual_graph(tmp_path / "r.onnx")
-    convert_onnx(src, str(tmp_path / "r.edge"), progress=False)
-    m = edgert.load(str(tmp_path / "r.edge"), backend=backend)
+    m, sess = _convert(tmp_path, _residual_graph(tmp_path / "r.onnx"), backend)
     ops = m.program["ops"]
     assert [len(op["in"]) for op in ops if op["op"] == "conv"] == [2, 1, 1]
     assert sum(op["op"] == "binary" for op in ops) == 3
-    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-    for seed in range(3):
-        x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
-        np.testing.assert_allclose(m.run({"x": x})["z"], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+    _assert_matches(m, sess)
 
 
 def _excite_graph(path, pool):
@@ -66,26 +86,16 @@ def _excite_graph(path, pool):
                     helper.make_node("GlobalAveragePool", ["y"], ["p2"]), helper.make_node("Conv", ["p2", "w3"], ["h2"]),
                     helper.make_node("Relu", ["h2"], ["h2r"]), helper.make_node("Conv", ["h2r", "w4"], ["s2"]),
                     helper.make_node("Mul", ["y", "s2"], ["y2"]), helper.make_node("Add", ["y2", "s2"], ["z"])]
-    graph = helper.make_graph(nodes, "excite", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, SHAPE)],
-                              [numpy_helper.from_array(a.astype(np.float32), k) for k, a in inits.items()])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    return str(path)
+    return _save(path, "excite", nodes, {"z": SHAPE}, inits)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("pool", ["global", "reduce"])
 def test_squeeze_excite_fuses_only_where_it_may(tmp_path, backend, pool):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference (pip install '.[oracle]')")
-    src = _excite_graph(tmp_path / "e.onnx", pool)
-    convert_onnx(src, str(tmp_path / "e.edge"), progress=False)
-    m = edgert.load(str(tmp_path / "e.edge"), backend=backend)
+    m, sess = _convert(tmp_path, _excite_graph(tmp_path / "e.onnx", pool), backend)
     assert [op["op"] for op in m.program["ops"]] == ["squeeze_excite", "global_pool", "conv", "conv", "binary",
                                                      "binary"]
-    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-    for seed in range(3):
-        x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
-        np.testing.assert_allclose(m.run({"x": x})["z"], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+    _assert_matches(m, sess)
 
 
 def _head_graph(path, head):
@@ -100,25 +110,12 @@ def _head_graph(path, head):
              helper.make_node("Flatten", ["s"], ["f"]), helper.make_node("Mul", ["r", "h"], ["g"])]
     nodes += ([helper.make_node("Gemm", ["f", "B", "bias"], ["z"])] if head == "gemm" else
               [helper.make_node("MatMul", ["f", "B"], ["m"]), helper.make_node("Add", ["m", "bias"], ["z"])])
-    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 5]),
-                               helper.make_tensor_value_info("g", TensorProto.FLOAT, [1, 16, 1, 1])],
-                              [numpy_helper.from_array(a.astype(np.float32), k) for k, a in inits.items()])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    return str(path)
+    return _save(path, "head", nodes, {"z": [1, 5], "g": [1, 16, 1, 1]}, inits)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("head", ["gemm", "matmul"])
 def test_scalar_factor_folds_into_dense(tmp_path, backend, head):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference (pip install '.[oracle]')")
-    src = _head_graph(tmp_path / "h.onnx", head)
-    convert_onnx(src, str(tmp_path / "h.edge"), progress=False)
-    m = edgert.load(str(tmp_path / "h.edge"), backend=backend)
+    m, sess = _convert(tmp_path, _head_graph(tmp_path / "h.onnx", head), backend)
     assert [op["op"] for op in m.program["ops"]] == ["global_pool", "conv", "reshape", "const", "binary", "dense"]
-    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-    for seed in range(3):
-        x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
-        got, want = m.run({"x": x}), sess.run(None, {"x": x})
-        np.testing.assert_allclose(got["z"], want[0], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(got["g"], want[1], rtol=1e-4, atol=1e-5)
+    _assert_matches(m, sess)
