@@ -26,9 +26,8 @@ depthwise convs, pooling) as before. Drift, against
 the dense model, on the other six photos and their mirror images: top-1 agreement and the
 mean KL(dense || pruned) of the class probabilities; also the top-1 agreement on the images
 where the dense model's top class has probability > 0.5 (most of these photos are far from
-ImageNet, and where dense hesitates between near-equal classes any change flips its top-1). `goals`: which of the issue's goals (GOALS)
-this run met.
-"""
+ImageNet, and where dense hesitates between near-equal classes any change flips its top-1).
+`goals`: which of the issue's goals (GOALS) this run met."""
 from __future__ import annotations
 
 import argparse

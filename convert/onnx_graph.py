@@ -314,10 +314,9 @@ class _Lowering:
             if node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"):
                 name = node.output[0]
                 continue
-            b = self.const(node.input[1]) if len(node.input) > 1 else None
             if node.op_type == "Gemm":
-                return b is not None and not _attrs(node).get("transA", 0)
-            return node.op_type == "MatMul" and b is not None and b.ndim == 2 and len(self.shape(name)) >= 2
+                return not _attrs(node).get("transA", 0)
+            return node.op_type == "MatMul" and self._dense_matmul(node)
         return False
 
     def op_Dropout(self, node, a):
@@ -439,7 +438,7 @@ class _Lowering:
                 if (c is not None and c.size == 1 and self.const(other) is None
                         and self.shape(other) == self.shape(y) and self._folds_into_dense(y)):
                     self.val[y] = self.value(other)
-                    self.scale[y] = self.scale.pop(other, 1.0) * float(c.reshape(-1)[0])
+                    self.scale[y] = float(c.reshape(-1)[0])
                     return
         if fn in ("add", "mul"):  # a per-channel constant after a conv folds into its bias / weights
             for k in (0, 1):
@@ -574,11 +573,16 @@ class _Lowering:
             self.val[src] = v
         self._dense(node, w, None if c is None else beta * c, src, y)
 
+    def _dense_matmul(self, node) -> bool:
+        """Whether MatMul `node` becomes a dense op: a constant 2-D right operand, an input of
+        rank 2 or more."""
+        b = self.const(node.input[1])
+        return b is not None and b.ndim == 2 and len(self.shape(node.input[0])) >= 2
+
     def op_MatMul(self, node, a):
         x, y = node.input[0], node.output[0]
-        b = self.const(node.input[1])
-        if b is not None and b.ndim == 2 and len(self.shape(x)) >= 2:
-            self._dense(node, b, None, x, y)
+        if self._dense_matmul(node):
+            self._dense(node, self.const(node.input[1]), None, x, y)
             return
         self.emit("matmul", [self.value(x), self.value(node.input[1])], self.shape(y), None, y)
 

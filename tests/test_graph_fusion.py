@@ -33,8 +33,8 @@ def _convert(tmp_path, src: str, backend: str):
     """(src converted and loaded on `backend`, src's onnxruntime session)."""
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference (pip install '.[oracle]')")
     convert_onnx(src, str(tmp_path / "m.edge"), progress=False)
-    return edgert.load(str(tmp_path / "m.edge"), backend=backend), ort.InferenceSession(src, providers=[
-        "CPUExecutionProvider"])
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    return edgert.load(str(tmp_path / "m.edge"), backend=backend), sess
 
 
 def _assert_matches(m, sess):
